@@ -1,0 +1,1886 @@
+#!/usr/bin/env python3
+"""gotrue.py: a drop-in, single-file Python replacement for Netlify's GoTrue.
+
+Read it top to bottom: configuration, database, users and tokens, mail, webhooks, the HTTP
+layer and the command line, each building only on what came before it.
+
+    python migrate.py      # create or upgrade the schema (never done by the server itself)
+    python gotrue.py       # serve the API with waitress
+"""
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import email.policy
+import email.utils
+import hashlib
+import hmac
+import html
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import warnings
+from email.message import EmailMessage
+from http.client import HTTPConnection, HTTPSConnection
+
+import bcrypt
+import bottle
+import jwt
+import pymysql
+from dotenv import dotenv_values
+
+VERSION = "0.1.0"
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEMA_VERSION = "20261123000001"  # the newest migration in schema.sql; the server requires it
+log = logging.getLogger("gotrue")
+
+# PyJWT warns about short HMAC keys on every call; we warn once at start instead.
+warnings.filterwarnings("ignore", module="jwt")
+
+
+# ============================================================================================
+# Configuration
+# ============================================================================================
+# Upstream's variable names (GOTRUE_ prefix), types and defaults. Each row: name without the
+# prefix, type, default, then other spellings tried when the main one is unset: the bare names
+# upstream and its README accept, and the README's spellings where upstream's code differs.
+
+class ConfigError(Exception):
+    """Bad configuration: reported as one line naming the variable, before anything starts."""
+
+
+PROVIDERS = ("bitbucket", "github", "gitlab", "google", "facebook")
+MAIL_KINDS = ("invite", "confirmation", "recovery", "email_change")
+LOG_LEVELS = {"panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR,
+              "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO,
+              "debug": logging.DEBUG, "trace": logging.DEBUG}
+
+SETTINGS = [
+    ("API_HOST", str, ""),
+    ("API_PORT", int, 8081, "PORT"),
+    ("API_ENDPOINT", str, ""),
+    ("API_REQUEST_ID_HEADER", str, "", "REQUEST_ID_HEADER"),
+    ("API_EXPORT_SECRET", str, ""),
+    ("API_THREADS", int, 8),                      # ours: waitress worker threads
+    ("DB_DRIVER", str, "sqlite"),                 # ours: sqlite by default, mysql for production
+    ("DB_DATABASE_URL", str, "gotrue.db", "DATABASE_URL"),
+    ("DB_NAMESPACE", str, ""),
+    ("DB_MIGRATIONS_PATH", str, "./migrations"),  # parsed for compatibility; schema.sql is ours
+    ("OPERATOR_TOKEN", str, ""),                  # optional here; upstream requires it
+    ("MULTIINSTANCEMODE", bool, False),
+    ("RATE_LIMIT_HEADER", str, ""),
+    ("LOG_LEVEL", str, "info", "LOG_LEVEL"),
+    ("LOG_FILE", str, ""),
+    ("LOG_DISABLE_COLORS", bool, False),
+    ("LOG_QUOTE_EMPTY_FIELDS", bool, False),
+    ("LOG_TSFORMAT", str, ""),
+    ("LOG_FIELDS", "map", {}),
+    ("TRACING_ENABLED", bool, False),
+    ("TRACING_HOST", str, ""),
+    ("TRACING_PORT", str, ""),
+    ("TRACING_SERVICE_NAME", str, "gotrue", "GOTRUE_SERVICE_NAME"),
+    ("TRACING_TAGS", "map", {}),
+    ("SITE_URL", str, ""),
+    ("JWT_SECRET", str, ""),
+    ("JWT_EXP", int, 3600),
+    ("JWT_AUD", str, ""),
+    ("JWT_ADMIN_GROUP_NAME", str, "admin"),
+    ("JWT_DEFAULT_GROUP_NAME", str, ""),
+    ("JWT_REFRESH_TOKEN_LIFETIME", int, 2592000),
+    ("BCRYPT_COST", int, 10),                     # ours: lower it only to speed up tests
+    ("SMTP_HOST", str, ""),
+    ("SMTP_PORT", int, 587),
+    ("SMTP_USER", str, ""),
+    ("SMTP_PASS", str, ""),
+    ("SMTP_ADMIN_EMAIL", str, ""),
+    ("SMTP_MAX_FREQUENCY", "duration", 900.0),
+    ("SMTP_TIMEOUT_SEC", int, 10),                # ours
+    ("MAILER_AUTOCONFIRM", bool, False),
+    ("MAILER_CONFIRMATION_MAX_AGE", "duration", 86400.0),
+    ("MAILER_RECOVERY_MAX_AGE", "duration", 86400.0),
+    ("MAILER_INVITE_MAX_AGE", "duration", 604800.0),
+    *[(f"MAILER_{part}_{kind.upper()}", str, default, f"GOTRUE_MAILER_{alias}_{kind.upper()}")
+      for part, alias, default in (("SUBJECTS", "SUBJECT", ""), ("TEMPLATES", "TEMPLATE", ""),
+                                   ("URLPATHS", "URL_PATHS", "/"))
+      for kind in MAIL_KINDS],
+    *[(f"EXTERNAL_{p.upper()}_{field}", kind, default)
+      for p in PROVIDERS
+      for field, kind, default in (("ENABLED", bool, False), ("CLIENT_ID", str, ""),
+                                   ("SECRET", str, ""), ("REDIRECT_URI", str, ""), ("URL", str, ""))],
+    ("EXTERNAL_EMAIL_DISABLED", bool, False),
+    ("EXTERNAL_SAML_ENABLED", bool, False),
+    ("EXTERNAL_SAML_METADATA_URL", str, "", "METADATA_URL"),
+    ("EXTERNAL_SAML_API_BASE", str, "", "API_BASE"),
+    ("EXTERNAL_SAML_NAME", str, ""),
+    ("EXTERNAL_SAML_SIGNING_CERT", str, "", "SIGNING_CERT"),
+    ("EXTERNAL_SAML_SIGNING_KEY", str, "", "SIGNING_KEY"),
+    ("EXTERNAL_REDIRECTURL", str, ""),
+    ("DISABLE_SIGNUP", bool, False),
+    ("WEBHOOK_URL", str, ""),
+    ("WEBHOOK_SECRET", str, ""),
+    ("WEBHOOK_RETRIES", int, 3),
+    ("WEBHOOK_TIMEOUT_SEC", int, 5, "GOTRUE_WEBHOOK_TIMEOUTSEC"),
+    ("WEBHOOK_EVENTS", "list", []),
+    ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", bool, False),  # ours: loopback/private targets are opt-in
+    ("COOKIE_KEY", str, "nf_jwt"),
+    ("COOKIE_DURATION", int, 86400),
+]
+
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text):
+    """Go's duration syntax (`15m`, `1h30m`, `900s`) or, as the README documents, bare seconds."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text.lstrip("-"))
+    if not parts or "".join(n + u for n, u in parts) != text.lstrip("-"):
+        raise ValueError(f"invalid duration {text!r} (use seconds or Go syntax such as 15m)")
+    total = sum(float(n) * DURATION_UNITS[u] for n, u in parts)
+    return -total if text.startswith("-") else total
+
+
+def parse_setting(kind, text):
+    if kind is str:
+        return text
+    if kind is bool:
+        if text in ("1", "t", "T", "TRUE", "true", "True"):
+            return True
+        if text in ("0", "f", "F", "FALSE", "false", "False"):
+            return False
+        raise ValueError(f"{text!r} is not a boolean (use true or false)")
+    if kind is int:
+        try:
+            return int(text, 0)
+        except ValueError:
+            try:
+                return int(text, 10)  # Go also reads a leading zero as octal; we keep decimals
+            except ValueError:
+                raise ValueError(f"{text!r} is not a whole number") from None
+    if kind == "duration":
+        return parse_duration(text)
+    if kind == "list":
+        return [item for item in text.split(",") if item.strip()]
+    if kind == "map":
+        items = {}
+        for item in text.split(","):
+            key, sep, value = item.partition(":")
+            if not sep or ":" in value:
+                raise ValueError(f"invalid map item: {item!r}")
+            items[key] = value
+        return items
+    raise AssertionError(kind)
+
+
+class Config:
+    """Settings as attributes, lower-cased without the prefix: GOTRUE_JWT_EXP -> cfg.jwt_exp."""
+
+    def __init__(self, environ):
+        self.env_file = None
+        for name, kind, default, *aliases in SETTINGS:
+            raw = None
+            for key in ("GOTRUE_" + name, *aliases):
+                if environ.get(key, "") != "":  # an empty value counts as unset
+                    raw = environ[key]
+                    break
+            try:
+                value = default if raw is None else parse_setting(kind, raw)
+            except ValueError as e:
+                raise ConfigError(f"GOTRUE_{name}: {e}") from None
+            setattr(self, name.lower(), value)
+        self.apply_defaults()
+        self.validate()
+
+    def apply_defaults(self):
+        """Upstream's post-load defaults: zero (or negative) values fall back to the defaults."""
+        if self.jwt_exp == 0:
+            self.jwt_exp = 3600
+        if self.jwt_refresh_token_lifetime <= 0:
+            self.jwt_refresh_token_lifetime = 2592000
+        if self.smtp_max_frequency == 0:
+            self.smtp_max_frequency = 900.0
+        for kind, default in (("confirmation", 86400.0), ("recovery", 86400.0), ("invite", 604800.0)):
+            if getattr(self, f"mailer_{kind}_max_age") <= 0:
+                setattr(self, f"mailer_{kind}_max_age", default)
+        if self.cookie_duration == 0:
+            self.cookie_duration = 86400
+        if self.webhook_retries == 0:
+            self.webhook_retries = 3
+        if self.webhook_timeout_sec <= 0:
+            self.webhook_timeout_sec = 5
+        self.jwt_admin_group_name = self.jwt_admin_group_name or "admin"
+        self.jwt_default_group_name = self.jwt_default_group_name.strip()
+        self.db_driver = {"sqlite3": "sqlite", "mariadb": "mysql"}.get(self.db_driver.lower(),
+                                                                       self.db_driver.lower())
+
+    def validate(self):
+        if self.db_driver not in ("sqlite", "mysql"):
+            raise ConfigError(f"GOTRUE_DB_DRIVER: unknown driver {self.db_driver!r} (use sqlite or mysql)")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"GOTRUE_LOG_LEVEL: unknown level {self.log_level!r}")
+        if self.multiinstancemode:
+            raise ConfigError("GOTRUE_MULTIINSTANCEMODE: multi-instance mode is not supported")
+        if not 0 < self.api_port < 65536:
+            raise ConfigError(f"GOTRUE_API_PORT: {self.api_port} is not a port number")
+        if not 4 <= self.bcrypt_cost <= 31:
+            raise ConfigError("GOTRUE_BCRYPT_COST: must be between 4 and 31")
+        if self.api_threads < 1:
+            raise ConfigError("GOTRUE_API_THREADS: must be at least 1")
+        if self.site_url and not urllib.parse.urlsplit(self.site_url).netloc:
+            raise ConfigError(f"GOTRUE_SITE_URL: {self.site_url!r} is not an absolute URL")
+        database_params(self)  # raises ConfigError for a malformed DATABASE_URL
+
+    def secret_values(self):
+        """Values never to be written to a log."""
+        return [v for v in (self.jwt_secret, self.smtp_pass, self.webhook_secret, self.operator_token,
+                            self.api_export_secret) if v]
+
+
+def load_config(env_file=None, environ=None):
+    """The .env file (or -c FILE) under the process environment: environment values win."""
+    path = env_file or ".env"
+    if env_file and not os.path.isfile(env_file):
+        raise ConfigError(f"configuration file {env_file} not found")
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None} if os.path.isfile(path) else {}
+    values.update(os.environ if environ is None else environ)
+    cfg = Config(values)
+    cfg.env_file = os.path.abspath(path)
+    return cfg
+
+
+def ensure_jwt_secret(cfg):
+    """A fresh install gets its own random secret, saved to .env so that restarts keep tokens."""
+    if cfg.jwt_secret:
+        if len(cfg.jwt_secret.encode()) < 32:
+            log.warning("GOTRUE_JWT_SECRET is shorter than 32 bytes; use a long random value")
+        return
+    cfg.jwt_secret = secrets.token_urlsafe(48)
+    fd = os.open(cfg.env_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(f"\n# generated by gotrue.py on first start; keep it secret\nGOTRUE_JWT_SECRET={cfg.jwt_secret}\n")
+    log.warning("*** GOTRUE_JWT_SECRET was not set: generated a random secret and saved it to %s. "
+                "Keep that file private; set GOTRUE_JWT_SECRET yourself when several servers share "
+                "a database. ***", cfg.env_file)
+
+
+def setup_logging(cfg):
+    handler = logging.FileHandler(cfg.log_file) if cfg.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("time=%(asctime)s level=%(levelname)s msg=%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[cfg.log_level.lower()])
+
+
+# ============================================================================================
+# Database
+# ============================================================================================
+# One query helper over two engines. SQL is written once, with `?` placeholders and table
+# names in braces ({users}); the namespace prefix and the driver's placeholder style are
+# filled in once per statement and cached. Each thread keeps its own connection.
+
+TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries")
+MYSQL_LOST = (0, 2006, 2013, 2055)  # connection gone: reconnect and try once more
+
+
+def database_params(cfg):
+    """Connection parameters from DATABASE_URL, in any of the forms the README promises."""
+    url = cfg.db_database_url
+    if cfg.db_driver == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+        if not path or path.startswith(("mysql:", "tcp(")):
+            raise ConfigError(f"DATABASE_URL: {url!r} is not a SQLite path")
+        return {"path": path}
+    # go-sql-driver DSN `user:pass@tcp(host:port)/db?x=y`, the README's `root@localhost/gotrue`,
+    # and `mysql://user:pass@host:port/db`: all split at the last '/' and the last '@'.
+    is_url = url.startswith("mysql://")
+    rest = url[len("mysql://"):] if is_url else url
+    head, slash, tail = rest.rpartition("/")
+    database = tail.split("?")[0]
+    if not slash or not database:
+        raise ConfigError(f"DATABASE_URL: {url!r} names no database (expected user:pass@tcp(host:3306)/dbname)")
+    creds, _, addr = head.rpartition("@")
+    user, _, password = creds.partition(":")
+    params = {"user": urllib.parse.unquote(user) if is_url else user or "root",
+              "password": urllib.parse.unquote(password) if is_url else password,
+              "database": urllib.parse.unquote(database), "host": "127.0.0.1", "port": 3306}
+    match = re.fullmatch(r"(?:(tcp|unix)\((.*)\)|(.*))", addr)
+    if match.group(1) == "unix":
+        params["unix_socket"] = match.group(2)
+        return params
+    hostport = match.group(2) if match.group(1) else match.group(3)
+    host, sep, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if sep and not port.isdigit():
+        raise ConfigError(f"DATABASE_URL: bad port {port!r} in {url!r}")
+    params["host"] = host or "127.0.0.1"
+    params["port"] = int(port) if port else 3306
+    return params
+
+
+def db_time(value):
+    """Timestamps are stored as naive UTC; SQLite gives them back as text."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+class Database:
+    def __init__(self, cfg):
+        self.driver = cfg.db_driver
+        self.params = database_params(cfg)
+        prefix = cfg.db_namespace + "_" if cfg.db_namespace else ""
+        self.names = {t: prefix + t for t in TABLES}
+        self.names["ns"] = prefix
+        self.local = threading.local()
+        self.statements = {}
+        if self.driver == "mysql":
+            self.IntegrityError, self.Error = pymysql.err.IntegrityError, pymysql.err.Error
+            field = "JSON_UNQUOTE(JSON_EXTRACT({0}, '$.{1}'))"
+        else:
+            self.IntegrityError, self.Error = sqlite3.IntegrityError, sqlite3.Error
+            field = "json_extract({0}, '$.{1}')"
+        # JSON members the admin filters search: MariaDB has no `->>`, so spell it out
+        for column, key in (("raw_user_meta_data", "full_name"), ("payload", "actor_email"),
+                            ("payload", "actor_name"), ("payload", "action"), ("payload", "log_type")):
+            self.names[key] = field.format(column, key)
+
+    def connect(self):
+        if self.driver == "mysql":
+            return pymysql.connect(**self.params, charset="utf8mb4", autocommit=True,
+                                   init_command="SET time_zone = '+00:00'", connect_timeout=10)
+        conn = sqlite3.connect(self.params["path"], timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")  # webhooks and mail may run inside a write
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @property
+    def conn(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self.connect()
+            self.local.depth = 0
+        return conn
+
+    def close(self):
+        conn, self.local.conn = getattr(self.local, "conn", None), None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def statement(self, sql):
+        cached = self.statements.get(sql)
+        if cached is None:
+            cached = sql.format(**self.names)
+            if self.driver == "mysql":
+                cached = cached.replace("%", "%%").replace("?", "%s")
+            self.statements[sql] = cached
+        return cached
+
+    def is_lost_connection(self, error):
+        return self.driver == "mysql" and (
+            isinstance(error, pymysql.err.InterfaceError)
+            or (isinstance(error, pymysql.err.OperationalError) and error.args and error.args[0] in MYSQL_LOST))
+
+    def run(self, sql, args):
+        """Execute one statement; outside a transaction a lost MySQL connection is retried once."""
+        args = tuple(v.isoformat(" ") if isinstance(v, dt.datetime) else v for v in args)
+        for attempt in (1, 2):
+            cur = self.conn.cursor()
+            try:
+                cur.execute(self.statement(sql), args)
+                return cur
+            except self.Error as e:
+                if attempt == 2 or self.local.depth or not self.is_lost_connection(e):
+                    raise
+                self.close()
+
+    def query(self, sql, *args):
+        cur = self.run(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def one(self, sql, *args):
+        rows = self.query(sql, *args)
+        return rows[0] if rows else None
+
+    def execute(self, sql, *args):
+        return self.run(sql, args).rowcount
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """All-or-nothing. Nested calls join the outer transaction. SQLite takes the write lock at
+        BEGIN so that two writers never deadlock on a read-to-write upgrade."""
+        conn = self.conn
+        if self.local.depth:
+            self.local.depth += 1
+            try:
+                yield
+            finally:
+                self.local.depth -= 1
+            return
+        begin = "BEGIN" if self.driver == "mysql" else "BEGIN IMMEDIATE"
+        try:
+            self.run(begin, ())
+        except self.Error as e:
+            if not self.is_lost_connection(e):
+                raise
+            self.close()
+            self.run(begin, ())
+        self.local.depth = 1
+        try:
+            yield
+        except BaseException:
+            self.local.depth = 0
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        self.local.depth = 0
+        conn.commit()
+
+    def applied_versions(self):
+        try:
+            return {r["version"] for r in self.query("SELECT version FROM schema_migration")}
+        except self.Error:
+            return set()
+
+    def tables_present(self):
+        if self.driver == "mysql":
+            rows = self.query("SELECT table_name AS name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        else:
+            rows = self.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {r["name"] for r in rows}
+
+
+# ============================================================================================
+# Users, tokens and the audit log
+# ============================================================================================
+
+def now():
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def iso_time(value):
+    """RFC 3339 in UTC as Go prints it: fractional seconds only when non-zero, trailing zeros cut."""
+    value = db_time(value)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += (".%06d" % value.microsecond).rstrip("0")
+    return text + "Z"
+
+
+def new_token():
+    """16 random bytes, base64url without padding: upstream's format for every opaque token."""
+    return secrets.token_urlsafe(16)
+
+
+def same_secret(a, b):
+    return hmac.compare_digest(str(a or "").encode(), str(b or "").encode())
+
+
+def is_uuid(value):
+    try:
+        uuid.UUID(str(value))
+        return True
+    except ValueError:
+        return False
+
+
+class App:
+    """Everything built once at start: config, database, keys, templates."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.db = Database(cfg)
+        self.dummy_hash = None
+        self.templates = {}
+        self.rate_buckets = {}
+        self.recover_requests = {}
+        self.lock = threading.Lock()
+        self.mail_domain = urllib.parse.urlsplit(cfg.site_url).hostname or "localhost"
+
+
+A = None  # the running App; set by create_app()
+
+
+def hash_password(password):
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(A.cfg.bcrypt_cost, prefix=b"2a")).decode()
+
+
+def password_matches(user, password):
+    """Constant work whether or not the user exists or has a password (no timing oracle)."""
+    stored = (user or {}).get("encrypted_password") or ""
+    candidate = password.encode()[:72]
+    if not stored.startswith("$2"):
+        if A.dummy_hash is None:
+            A.dummy_hash = hash_password(secrets.token_hex(8)).encode()
+        bcrypt.checkpw(candidate, A.dummy_hash)
+        return False
+    try:
+        return bcrypt.checkpw(candidate, stored.encode())
+    except ValueError:
+        return False
+
+
+def load_meta(raw):
+    if raw in (None, "", b""):
+        return {}
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
+
+
+def merge_meta(stored, patch):
+    """Upstream's merge: top-level keys replace, a null value deletes the key."""
+    merged = dict(stored or {})
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_user(row):
+    if row is None:
+        return None
+    row["app_metadata"] = load_meta(row.pop("raw_app_meta_data", None))
+    row["user_metadata"] = load_meta(row.pop("raw_user_meta_data", None))
+    return row
+
+
+USER_TIMES = ("confirmed_at", "invited_at", "confirmation_sent_at", "recovery_sent_at")
+
+
+def user_json(user, with_password=False):
+    """The user as upstream serialises it: fixed key order, optional keys only when set."""
+    out = {"id": user["id"], "aud": user["aud"] or "", "role": user["role"] or "", "email": user["email"] or ""}
+    if with_password:
+        out["encrypted_password"] = user["encrypted_password"] or ""
+    for key in USER_TIMES:
+        if user.get(key):
+            out[key] = iso_time(user[key])
+    if user.get("email_change"):
+        out["new_email"] = user["email_change"]
+    for key in ("email_change_sent_at", "last_sign_in_at"):
+        if user.get(key):
+            out[key] = iso_time(user[key])
+    out["app_metadata"] = user["app_metadata"]
+    out["user_metadata"] = user["user_metadata"]
+    out["created_at"] = iso_time(user["created_at"])
+    out["updated_at"] = iso_time(user["updated_at"])
+    return out
+
+
+def find_user(where, *args):
+    return read_user(A.db.one("SELECT * FROM {users} WHERE " + where, *args))
+
+
+def find_user_by_email(email, aud):
+    return find_user("instance_id = ? AND aud = ? AND email = ?", NIL_UUID, aud, email.lower())
+
+
+def find_user_by_id(user_id):
+    return find_user("instance_id = ? AND id = ?", NIL_UUID, str(user_id))
+
+
+def find_user_by_token(column, token):
+    """Lookup by a one-time token; blank never matches, and MySQL's case-insensitive collation
+    is not trusted: the value is compared again, exactly and in constant time."""
+    token = (token or "").strip()
+    if not token:
+        return None
+    user = find_user(column + " = ?", token)
+    return user if user and same_secret(user[column], token) else None
+
+
+def new_user(email, password_hash, aud, user_metadata=None, provider="email"):
+    stamp = now()
+    return {"instance_id": NIL_UUID, "id": str(uuid.uuid4()), "aud": aud,
+            "role": A.cfg.jwt_default_group_name, "email": email.lower(),
+            "encrypted_password": password_hash, "confirmed_at": None, "invited_at": None,
+            "confirmation_token": "", "confirmation_sent_at": None, "recovery_token": "",
+            "recovery_sent_at": None, "email_change_token": "", "email_change": "",
+            "email_change_sent_at": None, "last_sign_in_at": None,
+            "app_metadata": {"provider": provider} if provider else {},
+            "user_metadata": dict(user_metadata or {}), "is_super_admin": False,
+            "created_at": stamp, "updated_at": stamp}
+
+
+def user_row(user):
+    row = {k: v for k, v in user.items() if k not in ("app_metadata", "user_metadata")}
+    row["raw_app_meta_data"] = json.dumps(user["app_metadata"])
+    row["raw_user_meta_data"] = json.dumps(user["user_metadata"])
+    return row
+
+
+def insert_user(user):
+    """Insert; the unique (instance, aud, email) key turns a concurrent duplicate into
+    IntegrityError, which callers map to their 'already registered' answer."""
+    row = user_row(user)
+    A.db.execute("INSERT INTO {users} (%s) VALUES (%s)" % (", ".join(row), ", ".join("?" * len(row))),
+                 *row.values())
+
+
+def save_user(user, *columns):
+    """Write the named fields (metadata by their API names) and always updated_at, which
+    upstream forgets to persist."""
+    user["updated_at"] = now()
+    row = user_row(user)
+    names = [{"app_metadata": "raw_app_meta_data", "user_metadata": "raw_user_meta_data"}.get(c, c)
+             for c in (*columns, "updated_at")]
+    A.db.execute("UPDATE {users} SET %s WHERE id = ?" % ", ".join(n + " = ?" for n in names),
+                 *[row[n] for n in names], user["id"])
+
+
+def delete_user(user):
+    A.db.execute("DELETE FROM {refresh_tokens} WHERE user_id = ?", user["id"])
+    A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"])
+
+
+def confirm_user(user):
+    user["confirmed_at"] = now()
+    user["confirmation_token"] = ""
+    save_user(user, "confirmed_at", "confirmation_token")
+
+
+def is_admin(user, aud):
+    return bool(user.get("is_super_admin")) or (
+        (user.get("aud") or "") == (aud or A.cfg.jwt_aud) and user.get("role") == A.cfg.jwt_admin_group_name)
+
+
+def access_token(user):
+    claims = {}
+    if user.get("aud"):
+        claims["aud"] = user["aud"]
+    claims.update(exp=int(time.time()) + A.cfg.jwt_exp, sub=user["id"], email=user.get("email") or "",
+                  app_metadata=user["app_metadata"], user_metadata=user["user_metadata"])
+    return jwt.encode(claims, A.cfg.jwt_secret, algorithm="HS256", headers={"kid": "nf-ident"})
+
+
+def verify_access_token(token):
+    """HS256 only (the algorithm is pinned); `aud` must be a string, as upstream requires."""
+    claims = jwt.decode(token, A.cfg.jwt_secret, algorithms=["HS256"], leeway=0,
+                        options={"verify_aud": False, "require": []})
+    if "aud" in claims and not isinstance(claims["aud"], str):
+        raise jwt.InvalidTokenError("aud must be a string")
+    return claims
+
+
+def issue_refresh_token(user, parent=None):
+    token, stamp = new_token(), now()
+    A.db.execute("INSERT INTO {refresh_tokens} (instance_id, token, user_id, revoked, parent, created_at, updated_at)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)", NIL_UUID, token, user["id"], False, parent, stamp, stamp)
+    return token
+
+
+def revoke_descendants(token):
+    """A revoked token came back: someone holds a copy. Revoke what was issued from it."""
+    with A.db.transaction():
+        while token:
+            child = A.db.one("SELECT id, token FROM {refresh_tokens} WHERE parent = ?", token)
+            if not child:
+                return
+            A.db.execute("UPDATE {refresh_tokens} SET revoked = ?, updated_at = ? WHERE id = ?", True, now(), child["id"])
+            token = child["token"]
+
+
+def token_response(user, parent=None):
+    return {"access_token": access_token(user), "token_type": "bearer", "expires_in": A.cfg.jwt_exp,
+            "refresh_token": issue_refresh_token(user, parent)}
+
+
+OPERATOR = {"id": NIL_UUID, "email": "operator@netlify.com", "user_metadata": {}, "is_super_admin": True}
+
+AUDIT_TYPES = {"login": "account", "logout": "account", "invite_accepted": "account",
+               "user_signedup": "team", "user_invited": "team", "user_deleted": "team",
+               "user_modified": "user", "user_recovery_requested": "user",
+               "token_refreshed": "token", "token_revoked": "token"}
+
+
+def audit(actor, action, target=None):
+    """One audit entry, in the caller's transaction; `target` marks an admin acting on a user."""
+    stamp = now()
+    payload = {"timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "actor_id": actor["id"],
+               "actor_email": actor.get("email") or "", "action": action, "log_type": AUDIT_TYPES[action]}
+    name = (actor.get("user_metadata") or {}).get("full_name")
+    if name:
+        payload["actor_name"] = name
+    if target:
+        payload["traits"] = {"user_id": target["id"], "user_email": target["email"]}
+    A.db.execute("INSERT INTO {audit_log_entries} (instance_id, id, payload, created_at) VALUES (?, ?, ?, ?)",
+                 NIL_UUID, str(uuid.uuid4()), json.dumps(payload), stamp)
+
+
+# ============================================================================================
+# Mail
+# ============================================================================================
+# Templates are HTML files in templates/ (or a file or URL named by MAILER_TEMPLATES_*),
+# written in upstream's `{{ .Name }}` syntax so that existing templates keep working.
+
+SUBJECTS = {"invite": "You have been invited", "confirmation": "Confirm Your Signup",
+            "recovery": "Reset Your Password", "email_change": "Confirm Email Change"}
+TEMPLATE_VAR = re.compile(r"\{\{\s*\.([A-Za-z_][\w.]*)\s*\}\}")
+TEMPLATE_TTL = 300  # seconds a fetched template is reused before it is fetched again
+
+
+def render(template, data, escape=True):
+    def value(match):
+        v = data
+        for part in match.group(1).split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        text = "" if v is None else v if isinstance(v, str) else json.dumps(v)
+        return html.escape(text) if escape else text
+    return TEMPLATE_VAR.sub(value, template)
+
+
+def html_to_text(markup):
+    """The plain-text part: links written out, tags dropped."""
+    text = re.sub(r'<a\s[^>]*href="([^"]*)"[^>]*>(.*?)</a>', r"\2: \1", markup, flags=re.S | re.I)
+    text = re.sub(r"<(br|/p|/h\d|/div|/li)\b[^>]*>", "\n", text, flags=re.I)
+    text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    return re.sub(r"\n\s*\n+", "\n\n", "\n".join(line.strip() for line in text.splitlines())).strip() + "\n"
+
+
+def template_url(setting):
+    """Upstream's rule: the scheme and host are dropped and the rest is read from SITE_URL."""
+    rest = re.sub(r"^https?://[^/]*", "", setting)
+    return A.cfg.site_url.rstrip("/") + ("" if rest.startswith("/") or not rest else "/") + rest
+
+
+def mail_template(kind):
+    """The default from templates/, or the configured file, or the configured URL (cached;
+    a failed fetch falls back to the default and is logged)."""
+    setting = getattr(A.cfg, f"mailer_templates_{kind}")
+    if not setting:
+        return A.templates[kind]
+    if os.path.isfile(setting):
+        return A.templates.setdefault(setting, open(setting, encoding="utf-8").read())
+    cached = A.templates.get(setting)
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    url = template_url(setting)
+    try:
+        with urllib.request.urlopen(url, timeout=A.cfg.smtp_timeout_sec) as resp:
+            body = resp.read(1 << 20).decode("utf-8")
+        A.templates[setting] = (time.monotonic() + TEMPLATE_TTL, body)
+        return body
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        log.error("could not fetch the %s mail template from %s (%s); using the default", kind, url, e)
+        A.templates[setting] = (time.monotonic() + 30, A.templates[kind])
+        return A.templates[kind]
+
+
+def confirmation_url(kind, token):
+    path = getattr(A.cfg, f"mailer_urlpaths_{kind}") or "/"
+    base = urllib.parse.urljoin(A.cfg.site_url, path).split("#")[0]
+    return f"{base}#{kind}_token={token}"
+
+
+def mail_address(address):
+    """Non-ASCII domains go out as IDNA; a non-ASCII local part needs the server's SMTPUTF8."""
+    local, _, domain = address.rpartition("@")
+    try:
+        return f"{local}@{domain.encode('idna').decode()}" if local else address
+    except UnicodeError:
+        return address
+
+
+def send_mail(kind, to, token, user, new_email=""):
+    """Render and send one mail. Without SMTP_HOST this does nothing, as upstream."""
+    cfg = A.cfg
+    data = {"SiteURL": cfg.site_url, "ConfirmationURL": confirmation_url(kind, token), "Email": user["email"],
+            "NewEmail": new_email, "Token": token, "Data": user["user_metadata"]}
+    if not cfg.smtp_host:
+        return
+    body = render(mail_template(kind), data)
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["Subject"] = render(getattr(cfg, f"mailer_subjects_{kind}") or SUBJECTS[kind], data, escape=False)
+    msg["From"] = cfg.smtp_admin_email or f"noreply@{A.mail_domain}"
+    msg["To"] = mail_address(to)
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(domain=A.mail_domain)
+    msg.set_content(html_to_text(body))
+    msg.add_alternative(body, subtype="html")
+    import smtplib  # only servers that send mail pay for it
+    try:
+        context = ssl.create_default_context()
+        if cfg.smtp_port == 465:
+            smtp = smtplib.SMTP_SSL(cfg.smtp_host, cfg.smtp_port, timeout=cfg.smtp_timeout_sec, context=context)
+        else:
+            smtp = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.smtp_timeout_sec)
+            smtp.ehlo()
+            if smtp.has_extn("starttls"):
+                smtp.starttls(context=context)
+                smtp.ehlo()
+        with smtp:
+            if cfg.smtp_user:
+                smtp.login(cfg.smtp_user, cfg.smtp_pass)
+            smtp.send_message(msg)
+    except (OSError, smtplib.SMTPException) as e:
+        log.error("sending the %s mail via %s:%s failed: %s", kind, cfg.smtp_host, cfg.smtp_port,
+                  str(e).replace(cfg.smtp_pass or "\0", "***"))
+        raise MailError(kind) from None
+
+
+class MailError(Exception):
+    pass
+
+
+def sent_recently(sent_at):
+    """Upstream's throttle: the previous mail + SMTP_MAX_FREQUENCY is not yet before now."""
+    freq = A.cfg.smtp_max_frequency
+    return bool(sent_at) and freq > 0 and db_time(sent_at) + dt.timedelta(seconds=freq) >= now()
+
+
+def expired(sent_at, max_age):
+    return bool(sent_at) and now() > db_time(sent_at) + dt.timedelta(seconds=max_age)
+
+
+def send_confirmation(user):
+    """Signup confirmation; inside the throttle window nothing is sent and nothing changes."""
+    if sent_recently(user["confirmation_sent_at"]):
+        return
+    user["confirmation_token"], user["confirmation_sent_at"] = new_token(), now()
+    save_user(user, "confirmation_token", "confirmation_sent_at")
+    send_mail("confirmation", user["email"], user["confirmation_token"], user)
+
+
+def send_invite(user):
+    user["confirmation_token"], user["invited_at"] = new_token(), now()
+    save_user(user, "confirmation_token", "invited_at")
+    send_mail("invite", user["email"], user["confirmation_token"], user)
+
+
+def send_recovery(user):
+    user["recovery_token"], user["recovery_sent_at"] = new_token(), now()
+    save_user(user, "recovery_token", "recovery_sent_at")
+    send_mail("recovery", user["email"], user["recovery_token"], user)
+
+
+def send_email_change(user, new_email):
+    user["email_change_token"], user["email_change"], user["email_change_sent_at"] = new_token(), new_email, now()
+    save_user(user, "email_change_token", "email_change", "email_change_sent_at")
+    send_mail("email_change", new_email, user["email_change_token"], user, new_email)
+
+
+# ============================================================================================
+# Webhooks
+# ============================================================================================
+# Synchronous and inside the caller's transaction: a refusal rolls the whole action back.
+# Targets on loopback, private or link-local addresses are refused at connect time (so DNS
+# cannot be used to sneak past the check) unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is set.
+
+class BlockedAddress(OSError):
+    pass
+
+
+def check_peer(sock):
+    ip = ipaddress.ip_address(sock.getpeername()[0])
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    if not ip.is_global:
+        sock.close()
+        raise BlockedAddress(f"address {ip} is not public")
+
+
+class GuardedHTTPConnection(HTTPConnection):
+    def connect(self):
+        super().connect()
+        check_peer(self.sock)
+
+
+class GuardedHTTPSConnection(HTTPSConnection):
+    def connect(self):
+        super().connect()
+        check_peer(self.sock)
+
+
+class GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(GuardedHTTPConnection, req)
+
+
+class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+
+
+def webhook_opener():
+    if A.cfg.webhook_allow_private_networks:
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), GuardedHTTPHandler, GuardedHTTPSHandler)
+
+
+def webhook_signature(body):
+    claims = {"iss": "gotrue", "sub": NIL_UUID, "iat": int(time.time()), "sha256": hashlib.sha256(body).hexdigest()}
+    return jwt.encode(claims, A.cfg.webhook_secret, algorithm="HS256")
+
+
+def post_webhook(event, body):
+    """Deliver with upstream's retry rules; returns the response body or raises APIError."""
+    cfg, url = A.cfg, A.cfg.webhook_url
+    headers = {"Content-Type": "application/json", "X-Netlify-Event": "identity_" + event}
+    if cfg.webhook_secret:
+        headers["x-webhook-signature"] = webhook_signature(body)
+    opener = webhook_opener()
+    for attempt in range(1, cfg.webhook_retries + 1):
+        try:
+            with opener.open(urllib.request.Request(url, body, headers, method="POST"),
+                             timeout=cfg.webhook_timeout_sec) as resp:
+                status, reply = resp.status, resp.read(1 << 20)
+        except urllib.error.HTTPError as e:
+            status, reply = e.code, b""
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                log.warning("webhook %s to %s timed out (attempt %d of %d)", event, url, attempt, cfg.webhook_retries)
+                if attempt == cfg.webhook_retries:
+                    raise APIError(504, f"Failed to perform webhook in time frame ({cfg.webhook_timeout_sec} seconds)")
+                continue
+            log.error("webhook %s to %s failed to connect: %s", event, url, reason)
+            if isinstance(e, urllib.error.URLError):
+                raise APIError(502, f"Failed to connect to {url}")
+            raise APIError(500, f"Failed to trigger webhook to {url}")
+        except Exception as e:  # a broken HTTP exchange after connecting
+            log.error("webhook %s to %s failed: %s", event, url, e)
+            raise APIError(500, f"Failed to trigger webhook to {url}")
+        if status in (200, 202, 204):
+            return reply
+        log.warning("webhook %s to %s answered %s (attempt %d of %d)", event, url, status, attempt, cfg.webhook_retries)
+    raise APIError(422, "Failed to handle signup webhook")
+
+
+def webhook(event, user, saved=True):
+    """Fire `event` if configured. A 2xx JSON reply may replace the user's metadata, which is
+    applied to `user` (and saved when the user is already stored) before any token is made."""
+    cfg = A.cfg
+    if not cfg.webhook_url or event not in cfg.webhook_events:
+        return
+    body = json.dumps({"event": event, "instance_id": NIL_UUID, "user": user_json(user)}).encode()
+    reply = post_webhook(event, body)
+    if event == "userdeleted" or not reply.strip():
+        return
+    try:
+        data = json.loads(reply)
+    except ValueError as e:
+        raise APIError(500, f"Webhook returned malformed JSON: {e}")
+    changed = [key for key in ("app_metadata", "user_metadata")
+               if isinstance(data, dict) and isinstance(data.get(key), dict)]
+    for key in changed:
+        user[key] = data[key]
+    if changed and saved:
+        save_user(user, *changed)
+
+
+# ============================================================================================
+# HTTP layer
+# ============================================================================================
+# Every handler returns reply(...) or raises APIError; one plugin turns both (and anything
+# unexpected, as a 500 without a traceback) into a JSON response.
+
+MAX_BODY = 1 << 20
+CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+# upstream's list plus what the real clients send (X-Nf-Client from gotrue-js and the widget)
+CORS_HEADERS = {"accept", "authorization", "content-type", "x-jwt-aud", "x-use-cookie", "x-nf-client",
+                "x-requested-with"}
+BEARER = re.compile(r"[Bb]earer (\S+)")
+EMAIL = re.compile(r"[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+")
+
+app = bottle.Bottle()
+bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
+request = bottle.request
+
+
+class APIError(Exception):
+    """The one error type: upstream's {"code","msg"} body, or its OAuth {"error",...} body."""
+
+    def __init__(self, status, msg="", oauth=None, headers=()):
+        super().__init__(msg)
+        self.status, self.msg, self.oauth, self.headers = status, msg, oauth, list(headers)
+
+    def body(self):
+        if self.oauth:
+            return {"error": self.oauth, **({"error_description": self.msg} if self.msg else {})}
+        body = {"code": self.status, "msg": self.msg}
+        if self.status >= 500:
+            body["error_id"] = request.environ.get("gotrue.request_id", "")
+        return body
+
+
+def oauth_error(code, description="", headers=()):
+    return APIError(400, description, oauth=code, headers=headers)
+
+
+def reply(body, status=200, headers=()):
+    # Go's encoder escapes <, > and &: do the same so the bytes match upstream's.
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    resp = bottle.HTTPResponse(body=text.encode() if body is not None else b"", status=status)
+    if body is not None:
+        resp.set_header("Content-Type", "application/json")
+    for name, value in headers:
+        resp.add_header(name, value)
+    return resp
+
+
+def api_plugin(callback):
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except APIError as e:
+            if e.status >= 500:
+                log.error("request %s failed: %s %s", request.environ.get("gotrue.request_id"), e.status, e.msg)
+            return reply(e.body(), e.status, e.headers)
+        except MailError as e:
+            return reply(APIError(500, MAIL_ERRORS[e.args[0]]).body(), 500)
+        except Exception:
+            log.exception("request %s failed", request.environ.get("gotrue.request_id"))
+            return reply(APIError(500, "Internal server error").body(), 500)
+    return wrapper
+
+
+app.install(api_plugin)
+MAIL_ERRORS = {"confirmation": "Error sending confirmation mail", "invite": "Error inviting user",
+               "recovery": "Error recovering user", "email_change": "Error sending change email"}
+
+
+@app.error(404)
+def not_found(_):
+    bottle.response.content_type = "text/plain; charset=utf-8"
+    return "404 page not found\n"
+
+
+@app.error(405)
+def not_allowed(_):
+    bottle.response.content_type = "application/json"
+    return json.dumps({"code": 405, "msg": "Method Not Allowed"})
+
+
+def wsgi(environ, start_response):
+    """Outermost layer: request id, body limit, CORS (preflights end here) and a log line."""
+    started = time.monotonic()
+    header = A.cfg.api_request_id_header
+    environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
+        or str(uuid.uuid4())
+    origin, method = environ.get("HTTP_ORIGIN"), environ["REQUEST_METHOD"]
+    if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+        return preflight(environ, start_response, origin)
+    status_seen = []
+
+    def start(status, headers, exc_info=None):
+        status_seen.append(status)
+        headers.append(("Vary", "Origin"))
+        if origin and method in CORS_METHODS:
+            headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true")]
+        return start_response(status, headers, exc_info)
+
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = -1
+    if length > MAX_BODY or length < 0:
+        body = json.dumps({"code": 413, "msg": "Request body too large (limit 1 MiB)"}).encode()
+        start("413 Request Entity Too Large", [("Content-Type", "application/json")])
+        return [body]
+    result = app(environ, start)
+    if environ["PATH_INFO"] != "/health":
+        log.info("request completed method=%s path=%s status=%s duration_ms=%.1f request_id=%s", method,
+                 environ["PATH_INFO"], (status_seen or ["?"])[0].split()[0], (time.monotonic() - started) * 1000,
+                 environ["gotrue.request_id"])
+    return result
+
+
+def preflight(environ, start_response, origin):
+    headers = [("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")]
+    wanted = environ["HTTP_ACCESS_CONTROL_REQUEST_METHOD"].upper()
+    asked = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
+    names = [h.strip().lower() for h in asked.split(",") if h.strip()]
+    if origin and wanted in CORS_METHODS and all(n in CORS_HEADERS for n in names):
+        headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", wanted),
+                    ("Access-Control-Allow-Credentials", "true")]
+        if asked:
+            headers.append(("Access-Control-Allow-Headers", asked))
+    start_response("204 No Content", headers)
+    return [b""]
+
+
+# --- reading requests -----------------------------------------------------------------------
+
+def body_bytes():
+    if "gotrue.body" not in request.environ:
+        request.environ["gotrue.body"] = request.body.read(MAX_BODY + 1)
+    return request.environ["gotrue.body"]
+
+
+def json_body():
+    """Upstream decodes leniently: the first JSON value counts, trailing bytes are ignored."""
+    text = body_bytes().decode("utf-8", "replace").lstrip()
+    if not text:
+        raise ValueError("EOF")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError as e:
+        raise ValueError(f"invalid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+TYPE_NAMES = {str: "a string", dict: "an object", bool: "a boolean"}
+
+
+def read_params(context, **fields):
+    """The JSON body's fields with the given types (null and absent give None);
+    anything malformed is a 400 whose message starts with the endpoint's `context`."""
+    try:
+        body = json_body()
+        for name, kind in fields.items():
+            if body.get(name) is not None and not isinstance(body[name], kind):
+                raise ValueError(f"{name} must be {TYPE_NAMES[kind]}")
+    except ValueError as e:
+        raise APIError(400, f"{context}: {e}")
+    return {name: body.get(name) for name in fields}
+
+
+def form_params():
+    """POST /token reads form fields: the query string and a urlencoded body (or JSON)."""
+    params = dict(urllib.parse.parse_qsl(request.environ.get("QUERY_STRING", ""), keep_blank_values=True))
+    body = body_bytes()
+    if "json" in (request.content_type or ""):
+        with contextlib.suppress(ValueError):
+            params.update({k: v for k, v in json_body().items() if isinstance(v, str)})
+    elif body:
+        params.update(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return params
+
+
+def validate_email(address):
+    if not address:
+        raise APIError(422, "An email address is required")
+    if not EMAIL.fullmatch(address) or len(address) > 255:
+        raise APIError(422, "Unable to validate email address: invalid format")
+    return address.lower()
+
+
+def check_password(password):
+    if len(password.encode()) > 72:
+        raise APIError(422, "Password is too long: at most 72 bytes")
+    return password
+
+
+def request_aud(claims=None):
+    return request.get_header("X-JWT-AUD") or (claims or {}).get("aud") or A.cfg.jwt_aud
+
+
+def require_email_provider():
+    if A.cfg.external_email_disabled:
+        raise APIError(400, "Unsupported email provider")
+
+
+# --- cookies and authentication -------------------------------------------------------------
+
+def cookie_header(token=None):
+    """Set (token given, mode from x-use-cookie) or clear the JWT cookie."""
+    name = A.cfg.cookie_key
+    if token is None:
+        return ("Set-Cookie", f"{name}=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Secure")
+    extra = ""
+    if request.get_header("X-Use-Cookie") != "session":
+        expires = email.utils.formatdate(time.time() + A.cfg.cookie_duration, usegmt=True)
+        extra = f"; Expires={expires}; Max-Age={A.cfg.cookie_duration}"
+    return ("Set-Cookie", f"{name}={token}; Path=/{extra}; HttpOnly; Secure")
+
+
+def token_reply(user, parent=None):
+    tokens = token_response(user, parent)
+    wants_cookie = request.get_header("X-Use-Cookie") and A.cfg.cookie_duration > 0
+    return reply(tokens, headers=[cookie_header(tokens["access_token"])] if wants_cookie else [])
+
+
+def bearer_token():
+    match = BEARER.fullmatch(request.get_header("Authorization", ""))
+    if not match:
+        raise APIError(401, "This endpoint requires a Bearer token", headers=[cookie_header()])
+    return match.group(1)
+
+
+def require_claims(token=None):
+    try:
+        return verify_access_token(token or bearer_token())
+    except jwt.PyJWTError as e:
+        raise APIError(401, f"Invalid token: {e}", headers=[cookie_header()])
+
+
+def current_user(claims):
+    if not is_uuid(claims.get("sub")):
+        raise APIError(400, "Could not read User ID claim")
+    user = find_user("id = ?", str(claims["sub"]))
+    if not user:
+        raise APIError(404, "User not found")
+    return user
+
+
+def require_admin():
+    """Returns (acting admin, audience). The operator token, a system token (sub "0" or the nil
+    UUID) or a user with the admin role in the request audience may act."""
+    token = bearer_token()
+    if A.cfg.operator_token and same_secret(token, A.cfg.operator_token):
+        return OPERATOR, request_aud()
+    claims = require_claims(token)
+    sub = claims.get("sub") or ""
+    if sub in ("0", NIL_UUID):
+        actor = {"id": NIL_UUID, "email": claims.get("email") or "", "aud": claims.get("aud") or "",
+                 "user_metadata": {}, "is_super_admin": True}
+    else:
+        actor = find_user_by_id(sub) if is_uuid(sub) else None
+        if not actor:
+            raise APIError(401, "Invalid admin user")
+    aud = request_aud(claims)
+    if body_bytes().strip():
+        try:
+            aud = json_body().get("aud") or aud
+        except ValueError as e:
+            raise APIError(400, f"Could not decode admin user params: {e}")
+    if not is_admin(actor, aud):
+        raise APIError(401, "User not allowed")
+    return actor, aud
+
+
+def rate_limited():
+    """Upstream's /token limiter: a bucket of 30 per header value, one more every 10 s."""
+    header = A.cfg.rate_limit_header
+    if not header:
+        return False
+    key, t = request.get_header(header, ""), time.monotonic()
+    with A.lock:
+        if len(A.rate_buckets) > 100000:
+            A.rate_buckets.clear()
+        tokens, last = A.rate_buckets.get(key, (30.0, t))
+        tokens = min(30.0, tokens + (t - last) * 0.1)
+        A.rate_buckets[key] = (tokens - 1, t) if tokens >= 1 else (tokens, t)
+        return tokens < 1
+
+
+# --- public endpoints -----------------------------------------------------------------------
+
+@app.get("/health")
+def health():
+    return reply({"description": "GoTrue is a user registration and authentication API", "name": "GoTrue",
+                  "version": VERSION})
+
+
+@app.get("/settings")
+def settings():
+    cfg = A.cfg
+    external = {p: getattr(cfg, f"external_{p}_enabled") for p in ("bitbucket", "github", "gitlab", "google", "facebook")}
+    external.update(email=not cfg.external_email_disabled, saml=cfg.external_saml_enabled)
+    labels = {"saml": cfg.external_saml_name} if cfg.external_saml_name else {}
+    return reply({"external": external, "external_labels": labels, "disable_signup": cfg.disable_signup,
+                  "autoconfirm": cfg.mailer_autoconfirm})
+
+
+@app.post("/signup")
+def signup():
+    require_email_provider()
+    if A.cfg.disable_signup:
+        raise APIError(403, "Signups not allowed for this instance")
+    p = read_params("Could not read Signup params", email=str, password=str, data=dict)
+    if not p["password"]:
+        raise APIError(422, "Signup requires a valid password")
+    email_ = validate_email(p["email"])
+    aud = request_aud()
+    password_hash = hash_password(check_password(p["password"]))  # before the write lock
+    for attempt in (1, 2):
+        try:
+            with A.db.transaction():
+                user = find_user_by_email(email_, aud)
+                if user and user["confirmed_at"]:
+                    raise APIError(400, "A user with this email address has already been registered")
+                if user:  # an unconfirmed re-signup: new data, a new mail outside the throttle window
+                    if p["data"] is not None:
+                        user["user_metadata"] = merge_meta(user["user_metadata"], p["data"])
+                        save_user(user, "user_metadata")
+                else:
+                    user = new_user(email_, password_hash, aud, p["data"])
+                    webhook("validate", user, saved=False)
+                    insert_user(user)
+                if A.cfg.mailer_autoconfirm:
+                    if not user["confirmed_at"]:
+                        audit(user, "user_signedup")
+                        webhook("signup", user)
+                        confirm_user(user)
+                else:
+                    send_confirmation(user)
+            return reply(user_json(user))
+        except A.db.IntegrityError:
+            if attempt == 2:  # a concurrent signup inserted it: the second pass sees that user
+                raise
+
+
+@app.post("/verify")
+def verify():
+    p = read_params("Could not read verification params", type=str, token=str, password=str)
+    token = (p["token"] or "").strip()
+    if not token:
+        raise APIError(422, "Verify requires a token")
+    if p["type"] not in ("signup", "recovery"):
+        raise APIError(422, "Verify requires a verification type")
+    password_hash = None
+    with A.db.transaction():
+        if p["type"] == "signup":
+            user = find_user_by_token("confirmation_token", token)
+            if not user:
+                raise APIError(404, "User not found")
+            invited = bool(user["invited_at"])
+            sent = user["confirmation_sent_at"] or user["invited_at"]  # invites expire too
+            max_age = A.cfg.mailer_invite_max_age if invited else A.cfg.mailer_confirmation_max_age
+            if expired(sent, max_age):
+                raise APIError(422, "Confirmation token expired")
+            if invited and not user["encrypted_password"]:
+                if not p["password"]:
+                    raise APIError(422, "Invited users must specify a password")
+                password_hash = hash_password(check_password(p["password"]))
+            if not claim_token(user, "confirmation_token", token):
+                raise APIError(404, "User not found")
+            if password_hash:
+                user["encrypted_password"] = password_hash
+                save_user(user, "encrypted_password")
+            audit(user, "user_signedup")
+            webhook("signup", user)
+            confirm_user(user)
+        else:
+            user = find_user_by_token("recovery_token", token)
+            if not user:
+                raise APIError(404, "User not found")
+            if expired(user["recovery_sent_at"], A.cfg.mailer_recovery_max_age):
+                raise APIError(422, "Recovery token expired")
+            if not claim_token(user, "recovery_token", token):
+                raise APIError(404, "User not found")
+            if not user["confirmed_at"]:
+                audit(user, "user_signedup")
+                webhook("signup", user)
+                confirm_user(user)
+        return token_reply(user)
+
+
+def claim_token(user, column, token):
+    """Use a one-time token: only one of two concurrent requests can clear it."""
+    user[column] = ""
+    return A.db.execute(f"UPDATE {{users}} SET {column} = '' WHERE id = ? AND {column} = ?", user["id"], token) == 1
+
+
+@app.post("/recover")
+def recover():
+    require_email_provider()
+    p = read_params("Could not read verification params", email=str)
+    if not p["email"]:
+        raise APIError(422, "Password recovery requires an email")
+    aud, address = request_aud(), p["email"].lower()
+    # Throttle by address whether or not it exists, so a 429 reveals nothing (upstream only
+    # ever throttles known users).
+    key = hashlib.sha256(f"{aud}\0{address}".encode()).digest()
+    with A.lock:
+        last = A.recover_requests.get(key)
+        if len(A.recover_requests) > 100000:
+            A.recover_requests.clear()
+        if last and A.cfg.smtp_max_frequency > 0 and last + A.cfg.smtp_max_frequency >= time.monotonic():
+            raise APIError(429, "Rate limit exceeded, try again later")
+        A.recover_requests[key] = time.monotonic()
+    with A.db.transaction():
+        user = find_user_by_email(address, aud)
+        if user:
+            if sent_recently(user["recovery_sent_at"]):
+                raise APIError(429, "Rate limit exceeded, try again later")
+            audit(user, "user_recovery_requested")
+            send_recovery(user)
+    return reply({})
+
+
+@app.post("/token")
+def token():
+    require_email_provider()
+    if rate_limited():
+        raise APIError(429, "Rate limit exceeded")
+    params = form_params()
+    grant = params.get("grant_type")
+    if grant == "password":
+        return password_grant(params.get("username", ""), params.get("password", ""))
+    if grant == "refresh_token":
+        return refresh_grant(params.get("refresh_token", ""))
+    raise oauth_error("unsupported_grant_type")
+
+
+def password_grant(username, password):
+    """Unknown email and wrong password look the same, and take the same bcrypt time;
+    'Email not confirmed' is only said to someone who knows the password."""
+    user = find_user_by_email(username, request_aud()) if username else None
+    if not password_matches(user, password):
+        raise oauth_error("invalid_grant", "No user found with that email, or password invalid.")
+    if not user["confirmed_at"]:
+        raise oauth_error("invalid_grant", "Email not confirmed")
+    with A.db.transaction():
+        audit(user, "login")
+        webhook("login", user)
+        user["last_sign_in_at"] = now()
+        save_user(user, "last_sign_in_at")
+        log.info("login metering=true action=login login_method=password user_id=%s", user["id"])
+        return token_reply(user)
+
+
+def refresh_grant(token):
+    """Rotation is one conditional UPDATE: of concurrent refreshes with one token exactly one
+    wins. A token that comes back after it was rotated revokes what was issued from it."""
+    if not token:
+        raise oauth_error("invalid_request", "refresh_token required")
+    row = A.db.one("SELECT * FROM {refresh_tokens} WHERE token = ?", token)
+    user = find_user_by_id(row["user_id"]) if row and same_secret(row["token"], token) else None
+    if not user:
+        raise oauth_error("invalid_grant", "Invalid Refresh Token")
+    if row["revoked"]:
+        log.warning("revoked refresh token reused user_id=%s: revoking its descendants", user["id"])
+        revoke_descendants(token)
+        raise oauth_error("invalid_grant", "Invalid Refresh Token", headers=[cookie_header()])
+    if expired(row["created_at"], A.cfg.jwt_refresh_token_lifetime):
+        raise oauth_error("invalid_grant", "Refresh token expired", headers=[cookie_header()])
+    with A.db.transaction():
+        won = A.db.execute("UPDATE {refresh_tokens} SET revoked = ?, updated_at = ? WHERE id = ? AND revoked = ?",
+                           True, now(), row["id"], False)
+        if won != 1:
+            raise oauth_error("invalid_grant", "Invalid Refresh Token", headers=[cookie_header()])
+        audit(user, "token_refreshed")
+        audit(user, "token_revoked")
+        log.info("login metering=true action=login login_method=token user_id=%s", user["id"])
+        return token_reply(user, parent=token)
+
+
+@app.post("/logout")
+def logout():
+    claims = require_claims()
+    sub = claims.get("sub")
+    user = {"id": NIL_UUID, "email": claims.get("email") or "", "user_metadata": {}} if sub in ("0", NIL_UUID) \
+        else (find_user_by_id(sub) if is_uuid(sub) else None)
+    if not user:
+        raise APIError(401, "Invalid user", headers=[cookie_header()])
+    with A.db.transaction():
+        audit(user, "logout")
+        A.db.execute("DELETE FROM {refresh_tokens} WHERE instance_id = ? AND user_id = ?", NIL_UUID, user["id"])
+    return reply(None, 204, [cookie_header()])
+
+
+@app.get("/user")
+@app.get("/user/")
+def get_user():
+    claims = require_claims()
+    if not is_uuid(claims.get("sub")):
+        raise APIError(400, "Could not read User ID claim")
+    if request_aud(claims) != (claims.get("aud") or ""):
+        raise APIError(400, "Token audience doesn't match request audience")
+    return reply(user_json(current_user(claims)))
+
+
+@app.put("/user")
+@app.put("/user/")
+def update_user():
+    claims = require_claims()
+    p = read_params("Could not read User Update params", email=str, password=str, email_change_token=str,
+                    data=dict, app_metadata=dict)
+    user = current_user(claims)
+    password_hash = hash_password(check_password(p["password"])) if p["password"] else None
+    with A.db.transaction():
+        user = current_user(claims)  # again, inside the transaction
+        if password_hash:
+            user["encrypted_password"] = password_hash
+            save_user(user, "encrypted_password")
+        if p["data"] is not None:
+            user["user_metadata"] = merge_meta(user["user_metadata"], p["data"])
+            save_user(user, "user_metadata")
+        if p["app_metadata"] is not None:
+            if not is_admin(user, A.cfg.jwt_aud):
+                raise APIError(401, "Updating app_metadata requires admin privileges")
+            user["app_metadata"] = merge_meta(user["app_metadata"], p["app_metadata"])
+            save_user(user, "app_metadata")
+        if p["email_change_token"]:
+            confirm_email_change(user, p["email_change_token"].strip())
+        elif p["email"] and p["email"].lower() != user["email"]:
+            new_email = validate_email(p["email"])
+            if find_user_by_email(new_email, user["aud"]):
+                raise APIError(422, "Email address already registered by another user")
+            send_email_change(user, new_email)
+        audit(user, "user_modified")
+    return reply(user_json(user))
+
+
+def confirm_email_change(user, token):
+    if expired(user["email_change_sent_at"], A.cfg.mailer_confirmation_max_age):
+        raise APIError(422, "Email change token expired")
+    if not user["email_change_token"] or not same_secret(token, user["email_change_token"]):
+        raise APIError(401, "Email Change Token didn't match token on file")
+    if find_user_by_email(user["email_change"], user["aud"]):
+        raise APIError(422, "Email address already registered by another user")
+    user["email"], user["email_change"], user["email_change_token"] = user["email_change"], "", ""
+    try:
+        save_user(user, "email", "email_change", "email_change_token")
+    except A.db.IntegrityError:
+        raise APIError(422, "Email address already registered by another user")
+
+
+# --- admin endpoints ------------------------------------------------------------------------
+
+@app.post("/invite")
+def invite():
+    actor, aud = require_admin()
+    p = read_params("Could not read Invite params", email=str, data=dict)
+    email_ = validate_email(p["email"])
+    aud = request_aud()  # the body's aud only chose who may act; the invitee gets the request's
+    with A.db.transaction():
+        if find_user_by_email(email_, aud):
+            raise APIError(422, "Email address already registered by another user")
+        user = new_user(email_, "", aud, p["data"])
+        webhook("validate", user, saved=False)
+        insert_user(user)
+        audit(actor, "user_invited", user)
+        send_invite(user)
+    return reply(user_json(user))
+
+
+def paginate():
+    query = request.query
+
+    def number(name, default):
+        raw = query.get(name, "")
+        if raw == "":
+            return default
+        if not raw.isdigit():
+            raise APIError(400, f'Bad Pagination Parameters: {name} must be a whole number, got "{raw}"')
+        return int(raw)
+    page, per_page = max(number("page", 1), 1), number("per_page", 50)
+    if per_page == 0:
+        raise APIError(400, "Bad Pagination Parameters: per_page must be at least 1")
+    return min(page, 10 ** 9), min(per_page, 1000)
+
+
+def paginated(rows_sql, count_sql, args, page, per_page):
+    """One page of rows plus upstream's Link and X-Total-Count headers."""
+    total = A.db.one(count_sql, *args)["n"]
+    rows = A.db.query(rows_sql + " LIMIT ? OFFSET ?", *args, per_page, (page - 1) * per_page)
+    pairs = [(k, v) for k, v in urllib.parse.parse_qsl(request.query_string, keep_blank_values=True) if k != "page"]
+
+    def link(n, rel):
+        query = urllib.parse.urlencode(sorted(pairs + [("page", str(n))], key=lambda kv: kv[0]))
+        return f'<{request.path}?{query}>; rel="{rel}"'
+    last = -(-total // per_page)
+    links = ([link(page + 1, "next")] if last > page else []) + ([link(page - 1, "prev")] if page > 1 else [])
+    headers = [("Link", ", ".join(links + [link(last, "last")])), ("X-Total-Count", str(total))]
+    return rows, headers
+
+
+def like(text):
+    return "%" + re.sub(r"([!%_])", r"!\1", text.lower()) + "%"
+
+
+def list_users(with_password=False):
+    actor, aud = require_admin()
+    page, per_page = paginate()
+    where, args = "instance_id = ? AND aud = ?", [NIL_UUID, aud]
+    if request.query.get("filter"):
+        where += " AND (email LIKE ? ESCAPE '!' OR LOWER({full_name}) LIKE ? ESCAPE '!')"
+        args += [like(request.query["filter"])] * 2
+    order = []
+    for item in request.query.getall("sort"):
+        field, _, direction = item.strip().partition(" ")
+        if field != "created_at":
+            raise APIError(400, f"Bad Sort Parameters: bad field for sort '{field}'")
+        direction = direction.strip().lower() or "desc"
+        if direction not in ("asc", "desc"):
+            raise APIError(400, f"Bad Sort Parameters: bad direction for sort '{direction}', only 'asc' and 'desc' allowed")
+        order.append(direction)
+    direction = (order or ["desc"])[0].upper()
+    rows, headers = paginated(f"SELECT * FROM {{users}} WHERE {where} ORDER BY created_at {direction}, id {direction}",
+                              f"SELECT COUNT(*) AS n FROM {{users}} WHERE {where}", args, page, per_page)
+    users = [user_json(read_user(r), with_password) for r in rows]
+    return reply({"aud": aud, "users": users}, headers=headers)
+
+
+@app.get("/admin/users")
+@app.get("/admin/users/")
+def admin_list_users():
+    return list_users()
+
+
+@app.get("/admin/users/export")
+def admin_export_users():
+    if not A.cfg.api_export_secret:
+        return admin_get_user("export")
+    require_admin()
+    if not same_secret(request.get_header("Export-Secret", ""), A.cfg.api_export_secret):
+        raise APIError(401, "Invalid export secret")
+    return list_users(with_password=True)
+
+
+@app.post("/admin/users")
+@app.post("/admin/users/")
+def admin_create_user():
+    actor, aud = require_admin()
+    require_email_provider()
+    p = read_params("Could not decode admin user params", email=str, password=str, aud=str, role=str,
+                    confirm=bool, user_metadata=dict, app_metadata=dict)
+    email_ = validate_email(p["email"])
+    aud = p["aud"] or request_aud()
+    # Unlike upstream, no password means no password (not the hash of ""): nobody can log in
+    # with an empty one.
+    password_hash = hash_password(check_password(p["password"])) if p["password"] else ""
+    user = new_user(email_, password_hash, aud, p["user_metadata"])
+    if p["role"]:
+        user["role"] = p["role"].strip()
+    if p["confirm"]:
+        user["confirmed_at"] = now()
+    try:
+        with A.db.transaction():
+            if find_user_by_email(email_, aud):
+                raise APIError(422, "Email address already registered by another user")
+            insert_user(user)
+            audit(actor, "user_signedup", user)
+    except A.db.IntegrityError:
+        raise APIError(422, "Email address already registered by another user")
+    return reply(user_json(user))
+
+
+def load_user(user_id):
+    try:
+        user_id = str(uuid.UUID(user_id))
+    except ValueError:
+        raise APIError(400, "user_id must be an UUID")
+    user = find_user_by_id(user_id)
+    if not user:
+        raise APIError(404, "User not found")
+    return user
+
+
+@app.get("/admin/users/<user_id>")
+@app.get("/admin/users/<user_id>/")
+def admin_get_user(user_id):
+    require_admin()
+    return reply(user_json(load_user(user_id)))
+
+
+@app.put("/admin/users/<user_id>")
+@app.put("/admin/users/<user_id>/")
+def admin_update_user(user_id):
+    actor, _ = require_admin()
+    load_user(user_id)
+    p = read_params("Could not decode admin user params", email=str, password=str, aud=str, role=str,
+                    confirm=bool, user_metadata=dict, app_metadata=dict)
+    password_hash = hash_password(check_password(p["password"])) if p["password"] else None
+    new_email = validate_email(p["email"]) if p["email"] else None
+    try:
+        with A.db.transaction():
+            user = load_user(user_id)
+            changed = []
+            if p["role"]:
+                user["role"] = p["role"].strip()
+                changed.append("role")
+            if p["confirm"] and not user["confirmed_at"]:
+                user["confirmed_at"] = now()
+                changed.append("confirmed_at")
+            if password_hash:
+                user["encrypted_password"] = password_hash
+                changed.append("encrypted_password")
+            if new_email and new_email != user["email"]:
+                user["email"] = new_email
+                changed.append("email")
+            for key in ("app_metadata", "user_metadata"):
+                if p[key] is not None:
+                    user[key] = merge_meta(user[key], p[key])
+                    changed.append(key)
+            save_user(user, *changed)
+            audit(actor, "user_modified", user)
+    except A.db.IntegrityError:
+        raise APIError(422, "Email address already registered by another user")
+    fire_and_log("usermodified", user)
+    return reply(user_json(user))
+
+
+@app.delete("/admin/users/<user_id>")
+@app.delete("/admin/users/<user_id>/")
+def admin_delete_user(user_id):
+    actor, _ = require_admin()
+    with A.db.transaction():
+        user = load_user(user_id)
+        audit(actor, "user_deleted", user)
+        delete_user(user)  # and its refresh tokens, which upstream leaves behind
+    fire_and_log("userdeleted", user, saved=False)
+    return reply({})
+
+
+def fire_and_log(event, user, saved=True):
+    """After-the-fact events: a failing receiver is logged, the action stands."""
+    try:
+        with A.db.transaction():
+            webhook(event, user, saved)
+    except APIError as e:
+        log.error("webhook %s for user %s failed: %s %s", event, user["id"], e.status, e.msg)
+
+
+AUDIT_SCOPES = {"author": "(LOWER({actor_email}) LIKE ? ESCAPE '!' OR LOWER({actor_name}) LIKE ? ESCAPE '!')",
+                "action": "LOWER({action}) LIKE ? ESCAPE '!'", "type": "LOWER({log_type}) LIKE ? ESCAPE '!'"}
+
+
+@app.get("/admin/audit")
+@app.get("/admin/audit/")
+def admin_audit():
+    require_admin()
+    page, per_page = paginate()
+    where, args = "instance_id = ?", [NIL_UUID]
+    query = request.query.get("query", "")
+    if query:
+        scope, sep, value = query.partition(":")
+        if not sep or scope not in AUDIT_SCOPES:
+            raise APIError(400, f"Invalid query scope: {query}")
+        where += " AND " + AUDIT_SCOPES[scope]
+        args += [like(value)] * AUDIT_SCOPES[scope].count("?")
+    rows, headers = paginated(f"SELECT * FROM {{audit_log_entries}} WHERE {where} ORDER BY created_at DESC, id DESC",
+                              f"SELECT COUNT(*) AS n FROM {{audit_log_entries}} WHERE {where}", args, page, per_page)
+    entries = [{"id": r["id"], "payload": json.loads(r["payload"]), "created_at": iso_time(r["created_at"])}
+               for r in rows]
+    return reply(entries, headers=headers)
+
+
+# ============================================================================================
+# Command line
+# ============================================================================================
+
+def create_app(cfg, check_schema=True):
+    """Build everything a request needs, once."""
+    global A
+    A = App(cfg)
+    for kind in MAIL_KINDS:
+        with open(os.path.join(HERE, "templates", kind + ".html"), encoding="utf-8") as f:
+            A.templates[kind] = f.read()
+    if check_schema and SCHEMA_VERSION not in A.db.applied_versions():
+        raise ConfigError(f"the database schema is missing or out of date ({cfg.db_driver}: "
+                          f"{cfg.db_database_url}): run `python migrate.py` first")
+    return A
+
+
+def serve(cfg):
+    import waitress.server
+    if not cfg.site_url:
+        cfg.site_url = f"http://localhost:{cfg.api_port}"
+        log.warning("GOTRUE_SITE_URL is not set: mail links will point to %s", cfg.site_url)
+    ensure_jwt_secret(cfg)
+    create_app(cfg)
+    server = waitress.server.create_server(wsgi, host=cfg.api_host or "0.0.0.0", port=cfg.api_port,
+                                           threads=cfg.api_threads, max_request_body_size=2 * MAX_BODY,
+                                           ident="gotrue", clear_untrusted_proxy_headers=True)
+
+    def stop(signum, frame):
+        raise SystemExit(0)  # waitress catches it, stops accepting and lets its threads finish
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("gotrue.py %s listening on http://%s:%s (%s database)", VERSION, cfg.api_host or "0.0.0.0",
+             server.effective_port, cfg.db_driver)
+    server.run()
+    log.info("stopped")
+
+
+def admin_command(cfg, args):
+    """`admin createuser|deleteuser|editrole`: how a new site makes its first admin."""
+    create_app(cfg)
+    aud = args.aud if args.aud is not None else cfg.jwt_aud
+    if args.action == "createuser":
+        if len(args.args) < 2:
+            raise SystemExit("Not enough arguments to createuser command. Expected at least email and password values")
+        address, password = validate_cli(validate_email, args.args[0]), args.args[1]
+        user = new_user(address, hash_password(validate_cli(check_password, password)), aud)
+        user["is_super_admin"] = args.superadmin
+        user["role"] = args.args[2] if len(args.args) > 2 else cfg.jwt_admin_group_name if args.admin else user["role"]
+        if args.confirm or cfg.mailer_autoconfirm:
+            user["confirmed_at"] = now()
+        try:
+            with A.db.transaction():
+                insert_user(user)
+        except A.db.IntegrityError:
+            raise SystemExit("Error creating new user: user already exists")
+        print(f"Created user: {address} (id {user['id']}, role {user['role'] or '(none)'})")
+        return
+    if not args.args:
+        raise SystemExit("Not enough arguments to deleteuser command. Expected at least ID or email")
+    user = find_user_by_email(args.args[0], aud) or (find_user_by_id(args.args[0]) if is_uuid(args.args[0]) else None)
+    if not user:
+        raise SystemExit(f"Error finding user ({args.args[0]}): no such email in audience {aud!r} and no such id")
+    with A.db.transaction():
+        if args.action == "deleteuser":
+            delete_user(user)
+            print(f"Removed user: {args.args[0]}")
+        else:
+            if len(args.args) < 2:
+                raise SystemExit("Not enough arguments to editrole command. Expected email or ID and the role")
+            user["role"] = args.args[1].strip()
+            save_user(user, "role")
+            print(f"Changed role of {user['email']} to {user['role'] or '(none)'}")
+
+
+def validate_cli(check, value):
+    try:
+        return check(value)
+    except APIError as e:
+        raise SystemExit(e.msg)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="gotrue.py", description="GoTrue-compatible user management API.")
+    parser.add_argument("-c", "--config", help="dotenv file to load (default: .env if present)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="serve the API (the default)")
+    commands.add_parser("migrate", help="create or upgrade the database schema (same as migrate.py)")
+    commands.add_parser("version", help="print the version")
+    admin = commands.add_parser("admin", help="manage users from the command line")
+    admin.add_argument("action", choices=("createuser", "deleteuser", "editrole"))
+    admin.add_argument("args", nargs="*", metavar="ARG",
+                       help="createuser EMAIL PASSWORD [ROLE] | deleteuser EMAIL|ID | editrole EMAIL|ID ROLE")
+    admin.add_argument("-a", "--aud", help="audience (default: GOTRUE_JWT_AUD)")
+    admin.add_argument("-i", "--instance_id", help="accepted for compatibility; this server has one instance")
+    admin.add_argument("--confirm", action="store_true", help="create the user confirmed")
+    admin.add_argument("--admin", action="store_true", help="give the user the admin role")
+    admin.add_argument("--superadmin", action="store_true", help="make the user a super admin")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(VERSION)
+        return 0
+    try:
+        cfg = load_config(args.config)
+        setup_logging(cfg)
+        if args.command == "migrate":
+            import migrate
+            return migrate.migrate(cfg)
+        if args.command == "admin":
+            admin_command(cfg, args)
+        else:
+            serve(cfg)
+    except ConfigError as e:
+        print(f"gotrue.py: {e}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, pymysql.err.Error) as e:
+        print(f"gotrue.py: database error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
