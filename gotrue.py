@@ -474,7 +474,10 @@ class Database:
 # ============================================================================================
 
 def now():
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    """UTC, naive, at the precision the database keeps (upstream's MySQL columns hold whole
+    seconds), so that a response and a later read show the same time."""
+    stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return stamp.replace(microsecond=0) if A and A.db.driver == "mysql" else stamp
 
 
 def iso_time(value):

@@ -217,16 +217,16 @@ class Server:
         assert self.sql(f"UPDATE {{users}} SET {column} = ? WHERE email = ?", past, email.lower()) == 1
 
     # flows used by many tests
-    def signup(self, email=None, password="secret-pw", **body):
+    def signup(self, email=None, password="secret-pw", headers=None, **body):
         email = email or unique_email()
-        r = self.post("/signup", json={"email": email, "password": password, **body})
+        r = self.post("/signup", json={"email": email, "password": password, **body}, headers=headers)
         assert r.status_code == 200, r.text
         return r.json()
 
-    def confirmed_user(self, email=None, password="secret-pw", **body):
+    def confirmed_user(self, email=None, password="secret-pw", headers=None, **body):
         """Sign up and confirm through the database token (mail tests use the mail's link)."""
-        user = self.signup(email, password, **body)
-        token = self.user_row(user["email"])["confirmation_token"]
+        user = self.signup(email, password, headers, **body)
+        token = self.sql("SELECT confirmation_token FROM {users} WHERE id = ?", user["id"])[0]["confirmation_token"]
         if token:
             r = self.post("/verify", json={"type": "signup", "token": token})
             assert r.status_code == 200, r.text
