@@ -1396,22 +1396,27 @@ def recover():
         raise APIError(422, "Password recovery requires an email")
     aud, address = request_aud(), p["email"].lower()
     # Throttle by address whether or not it exists, so a 429 reveals nothing (upstream only
-    # ever throttles known users).
+    # ever throttles known users). A request whose mail failed does not count.
     key = hashlib.sha256(f"{aud}\0{address}".encode()).digest()
     with A.lock:
         last = A.recover_requests.get(key)
-        if len(A.recover_requests) > 100000:
-            A.recover_requests.clear()
         if last and A.cfg.smtp_max_frequency > 0 and last + A.cfg.smtp_max_frequency >= time.monotonic():
             raise APIError(429, "Rate limit exceeded, try again later")
+        if len(A.recover_requests) > 100000:
+            A.recover_requests.clear()
         A.recover_requests[key] = time.monotonic()
-    with A.db.transaction():
-        user = find_user_by_email(address, aud)
-        if user:
-            if sent_recently(user["recovery_sent_at"]):
-                raise APIError(429, "Rate limit exceeded, try again later")
-            audit(user, "user_recovery_requested")
-            send_recovery(user)
+    try:
+        with A.db.transaction():
+            user = find_user_by_email(address, aud)
+            if user:
+                if sent_recently(user["recovery_sent_at"]):
+                    raise APIError(429, "Rate limit exceeded, try again later")
+                audit(user, "user_recovery_requested")
+                send_recovery(user)
+    except Exception:
+        with A.lock:
+            A.recover_requests.pop(key, None)
+        raise
     return reply({})
 
 

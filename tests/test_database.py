@@ -1,0 +1,48 @@
+"""The database layer under failure: a MySQL connection that goes away is replaced on the next
+request, and an unreachable database is a JSON 500, never a traceback or a hang."""
+
+import pymysql
+import pytest
+
+from conftest import unique_email
+
+
+def kill_server_connections(server):
+    """KILL every connection of the gotrue.py process to its MariaDB database."""
+    params = server.db.params
+    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"], password=params["password"])
+    with admin.cursor() as cur:
+        cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                    (params["database"],))
+        ids = [row[0] for row in cur.fetchall()]
+        for conn_id in ids:
+            cur.execute(f"KILL CONNECTION {int(conn_id)}")
+    admin.close()
+    return len(ids)
+
+
+def test_lost_mysql_connections_are_reestablished(make_server, mariadb_root):
+    server = make_server("mariadb", GOTRUE_API_THREADS="2")
+    email = unique_email()
+    server.confirmed_user(email)
+    tokens = server.login(email)
+    server.db.close()  # the test's own connection is not the server's
+    assert kill_server_connections(server) >= 1
+    for _ in range(4):  # every worker thread meets its dead connection once
+        assert server.get("/user", token=tokens["access_token"]).status_code == 200
+    assert kill_server_connections(server) >= 1
+    assert server.login(email)["access_token"]  # a write path (transaction) after the loss
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "mariadb"])
+def test_database_gone_is_a_json_500(make_server, engine_name):
+    server = make_server(engine_name)
+    server.sql("DROP TABLE {audit_log_entries}")
+    email = unique_email()
+    user = server.signup(email)
+    token = server.user_row(email)["confirmation_token"]
+    r = server.post("/verify", json={"type": "signup", "token": token})
+    assert r.status_code == 500 and r.json()["code"] == 500 and "Traceback" not in r.text
+    # the transaction was rolled back: the user is still unconfirmed and the token unused
+    row = server.user_row(email)
+    assert row["confirmation_token"] == token and not row["confirmed_at"] and row["id"] == user["id"]
