@@ -889,50 +889,94 @@ def send_email_change(user, new_email):
 # Synchronous and inside the caller's transaction: a refusal rolls the whole action back.
 # Targets on loopback, private or link-local addresses are refused at connect time (so DNS
 # cannot be used to sneak past the check) unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is set.
+# WEBHOOK_TIMEOUT_SEC bounds a whole attempt, not each read: a timer cuts the socket.
+
+HOOK = threading.local()  # the sockets of the attempt under way on this thread
+
 
 class BlockedAddress(OSError):
     pass
 
 
-def check_peer(sock):
-    ip = ipaddress.ip_address(sock.getpeername()[0])
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    if not ip.is_global:
-        sock.close()
-        raise BlockedAddress(f"address {ip} is not public")
+def watch_socket(sock):
+    if not A.cfg.webhook_allow_private_networks:
+        ip = ipaddress.ip_address(sock.getpeername()[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not ip.is_global:
+            sock.close()
+            raise BlockedAddress(f"address {ip} is not public")
+    HOOK.sockets.append(sock)
 
 
-class GuardedHTTPConnection(HTTPConnection):
+class HookHTTPConnection(HTTPConnection):
     def connect(self):
         super().connect()
-        check_peer(self.sock)
+        watch_socket(self.sock)
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
+class HookHTTPSConnection(HTTPSConnection):
     def connect(self):
         super().connect()
-        check_peer(self.sock)
+        watch_socket(self.sock)
 
 
-class GuardedHTTPHandler(urllib.request.HTTPHandler):
+class HookHTTPHandler(urllib.request.HTTPHandler):
     def http_open(self, req):
-        return self.do_open(GuardedHTTPConnection, req)
+        return self.do_open(HookHTTPConnection, req)
 
 
-class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+class HookHTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req):
-        return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+        return self.do_open(HookHTTPSConnection, req, context=self._context)
 
 
-def webhook_opener():
-    if A.cfg.webhook_allow_private_networks:
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), GuardedHTTPHandler, GuardedHTTPSHandler)
+class AttemptDeadline:
+    """Shuts the attempt's sockets down when its time is up; `expired` tells why a read failed."""
+
+    def __init__(self, seconds):
+        self.expired = False
+        self.sockets = HOOK.sockets = []
+        self.timer = threading.Timer(seconds, self.expire)
+
+    def expire(self):
+        self.expired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
 
 
 def webhook_signature(body):
     claims = {"iss": "gotrue", "sub": NIL_UUID, "iat": int(time.time()), "sha256": hashlib.sha256(body).hexdigest()}
     return jwt.encode(claims, A.cfg.webhook_secret, algorithm="HS256")
+
+
+class HookTimeout(Exception):
+    pass
+
+
+def deliver_once(opener, req, seconds):
+    """One attempt: (status, body), or HookTimeout when the attempt as a whole overran (a
+    socket cut by the deadline may also end a reply early that looks complete)."""
+    deadline = AttemptDeadline(seconds)
+    try:
+        with deadline, opener.open(req, timeout=seconds) as resp:
+            result = resp.status, resp.read(1 << 20)
+    except urllib.error.HTTPError as e:
+        result = e.code, b""
+    except Exception as e:
+        if deadline.expired or isinstance(getattr(e, "reason", e), (TimeoutError, socket.timeout)):
+            raise HookTimeout() from None
+        raise
+    if deadline.expired:
+        raise HookTimeout()
+    return result
 
 
 def post_webhook(event, body):
@@ -941,26 +985,20 @@ def post_webhook(event, body):
     headers = {"Content-Type": "application/json", "X-Netlify-Event": "identity_" + event}
     if cfg.webhook_secret:
         headers["x-webhook-signature"] = webhook_signature(body)
-    opener = webhook_opener()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), HookHTTPHandler, HookHTTPSHandler)
     for attempt in range(1, cfg.webhook_retries + 1):
         try:
-            with opener.open(urllib.request.Request(url, body, headers, method="POST"),
-                             timeout=cfg.webhook_timeout_sec) as resp:
-                status, reply = resp.status, resp.read(1 << 20)
-        except urllib.error.HTTPError as e:
-            status, reply = e.code, b""
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                log.warning("webhook %s to %s timed out (attempt %d of %d)", event, url, attempt, cfg.webhook_retries)
-                if attempt == cfg.webhook_retries:
-                    raise APIError(504, f"Failed to perform webhook in time frame ({cfg.webhook_timeout_sec} seconds)")
-                continue
-            log.error("webhook %s to %s failed to connect: %s", event, url, reason)
-            if isinstance(e, urllib.error.URLError):
-                raise APIError(502, f"Failed to connect to {url}")
-            raise APIError(500, f"Failed to trigger webhook to {url}")
-        except Exception as e:  # a broken HTTP exchange after connecting
+            status, reply = deliver_once(opener, urllib.request.Request(url, body, headers, method="POST"),
+                                         cfg.webhook_timeout_sec)
+        except HookTimeout:
+            log.warning("webhook %s to %s timed out (attempt %d of %d)", event, url, attempt, cfg.webhook_retries)
+            if attempt == cfg.webhook_retries:
+                raise APIError(504, f"Failed to perform webhook in time frame ({cfg.webhook_timeout_sec} seconds)")
+            continue
+        except urllib.error.URLError as e:  # never connected: no retry, as upstream
+            log.error("webhook %s to %s failed to connect: %s", event, url, e.reason)
+            raise APIError(502, f"Failed to connect to {url}")
+        except Exception as e:  # a broken exchange after connecting
             log.error("webhook %s to %s failed: %s", event, url, e)
             raise APIError(500, f"Failed to trigger webhook to {url}")
         if status in (200, 202, 204):
@@ -979,12 +1017,15 @@ def webhook(event, user, saved=True):
     reply = post_webhook(event, body)
     if event == "userdeleted" or not reply.strip():
         return
-    try:
-        data = json.loads(reply)
+    try:  # like upstream: the first JSON value counts; it must be an object of objects
+        data, _ = json.JSONDecoder().raw_decode(reply.decode("utf-8").strip())
+        data = data or {}
+        if not isinstance(data, dict) or any(not isinstance(data.get(k), (dict, type(None)))
+                                             for k in ("app_metadata", "user_metadata")):
+            raise ValueError("expected {\"app_metadata\": {...}, \"user_metadata\": {...}}")
     except ValueError as e:
         raise APIError(500, f"Webhook returned malformed JSON: {e}")
-    changed = [key for key in ("app_metadata", "user_metadata")
-               if isinstance(data, dict) and isinstance(data.get(key), dict)]
+    changed = [key for key in ("app_metadata", "user_metadata") if data.get(key) is not None]
     for key in changed:
         user[key] = data[key]
     if changed and saved:
@@ -1188,7 +1229,9 @@ def check_password(password):
 
 
 def request_aud(claims=None):
-    return request.get_header("X-JWT-AUD") or (claims or {}).get("aud") or A.cfg.jwt_aud
+    """X-JWT-AUD, else the verified token's aud, else JWT_AUD."""
+    claims = claims or request.environ.get("gotrue.claims") or {}
+    return request.get_header("X-JWT-AUD") or claims.get("aud") or A.cfg.jwt_aud
 
 
 def require_email_provider():
@@ -1225,7 +1268,8 @@ def bearer_token():
 
 def require_claims(token=None):
     try:
-        return verify_access_token(token or bearer_token())
+        claims = request.environ["gotrue.claims"] = verify_access_token(token or bearer_token())
+        return claims
     except jwt.PyJWTError as e:
         raise APIError(401, f"Invalid token: {e}", headers=[cookie_header()])
 
@@ -1248,13 +1292,13 @@ def require_admin():
     claims = require_claims(token)
     sub = claims.get("sub") or ""
     if sub in ("0", NIL_UUID):
-        actor = {"id": NIL_UUID, "email": claims.get("email") or "", "aud": claims.get("aud") or "",
+        actor = {"id": NIL_UUID, "email": "", "aud": claims.get("aud") or "",
                  "user_metadata": {}, "is_super_admin": True}
     else:
         actor = find_user_by_id(sub) if is_uuid(sub) else None
         if not actor:
             raise APIError(401, "Invalid admin user")
-    aud = request_aud(claims)
+    aud = request_aud()
     if body_bytes().strip():
         try:
             aud = json_body().get("aud") or aud
@@ -1376,9 +1420,12 @@ def verify():
             if not claim_token(user, "recovery_token", token):
                 raise APIError(404, "User not found")
             if not user["confirmed_at"]:
-                audit(user, "user_signedup")
-                webhook("signup", user)
-                confirm_user(user)
+                try:
+                    audit(user, "user_signedup")
+                    webhook("signup", user)
+                    confirm_user(user)
+                except APIError:  # upstream reports any failure here this way
+                    raise APIError(500, "Database error updating user")
         return token_reply(user)
 
 
@@ -1745,6 +1792,12 @@ def fire_and_log(event, user, saved=True):
         log.error("webhook %s for user %s failed: %s %s", event, user["id"], e.status, e.msg)
 
 
+@app.route("/admin/<rest:path>", ["GET", "POST", "PUT", "DELETE"])
+def admin_unknown(rest):
+    require_admin()  # as upstream: credentials are checked before the path is
+    return not_found(None)
+
+
 AUDIT_SCOPES = {"author": "(LOWER({actor_email}) LIKE ? ESCAPE '!' OR LOWER({actor_name}) LIKE ? ESCAPE '!')",
                 "action": "LOWER({action}) LIKE ? ESCAPE '!'", "type": "LOWER({log_type}) LIKE ? ESCAPE '!'"}
 
@@ -1851,14 +1904,14 @@ def validate_cli(check, value):
         raise SystemExit(e.msg)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="gotrue.py", description="GoTrue-compatible user management API.")
-    parser.add_argument("-c", "--config", help="dotenv file to load (default: .env if present)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", help="serve the API (the default)")
-    commands.add_parser("migrate", help="create or upgrade the database schema (same as migrate.py)")
-    commands.add_parser("version", help="print the version")
-    admin = commands.add_parser("admin", help="manage users from the command line")
+COMMANDS = {"serve": "serve the API (the default)",
+            "migrate": "create or upgrade the database schema (same as migrate.py)",
+            "admin": "manage users: admin createuser|deleteuser|editrole ... (see admin --help)",
+            "version": "print the version"}
+
+
+def admin_parser():
+    admin = argparse.ArgumentParser(prog="gotrue.py admin", description="Manage users from the command line.")
     admin.add_argument("action", choices=("createuser", "deleteuser", "editrole"))
     admin.add_argument("args", nargs="*", metavar="ARG",
                        help="createuser EMAIL PASSWORD [ROLE] | deleteuser EMAIL|ID | editrole EMAIL|ID ROLE")
@@ -1867,7 +1920,22 @@ def main(argv=None):
     admin.add_argument("--confirm", action="store_true", help="create the user confirmed")
     admin.add_argument("--admin", action="store_true", help="give the user the admin role")
     admin.add_argument("--superadmin", action="store_true", help="make the user a super admin")
+    return admin
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="gotrue.py", description="GoTrue-compatible user management API.", formatter_class=argparse.RawTextHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:9} {text}" for name, text in COMMANDS.items()))
+    parser.add_argument("-c", "--config", help="dotenv file to load (default: .env if present)")
+    parser.add_argument("command", nargs="?", default="serve", choices=COMMANDS, metavar="COMMAND")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.command == "admin":
+        # options may stand anywhere among the arguments, as with upstream's CLI
+        admin_args = admin_parser().parse_intermixed_args(args.rest)
+    elif args.rest:
+        parser.error(f"unexpected arguments: {' '.join(args.rest)}")
     if args.command == "version":
         print(VERSION)
         return 0
@@ -1878,7 +1946,7 @@ def main(argv=None):
             import migrate
             return migrate.migrate(cfg)
         if args.command == "admin":
-            admin_command(cfg, args)
+            admin_command(cfg, admin_args)
         else:
             serve(cfg)
     except ConfigError as e:
