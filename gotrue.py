@@ -513,7 +513,8 @@ class App:
         self.cfg = cfg
         self.db = Database(cfg)
         self.dummy_hash = None
-        self.templates = {}
+        self.templates = {}  # the defaults from templates/, by kind
+        self.fetched = {}  # configured templates: setting -> (valid until, text)
         self.rate_buckets = {}
         self.recover_requests = {}
         self.lock = threading.Lock()
@@ -530,11 +531,9 @@ def hash_password(password):
 def password_matches(user, password):
     """Constant work whether or not the user exists or has a password (no timing oracle)."""
     stored = (user or {}).get("encrypted_password") or ""
-    candidate = password.encode()[:72]
-    if not stored.startswith("$2"):
-        if A.dummy_hash is None:
-            A.dummy_hash = hash_password(secrets.token_hex(8)).encode()
-        bcrypt.checkpw(candidate, A.dummy_hash)
+    candidate = password.encode()
+    if not stored.startswith("$2") or len(candidate) > 72:  # bcrypt would ignore bytes past 72
+        bcrypt.checkpw(candidate[:72], A.dummy_hash)
         return False
     try:
         return bcrypt.checkpw(candidate, stored.encode())
@@ -774,19 +773,19 @@ def mail_template(kind):
     if not setting:
         return A.templates[kind]
     if os.path.isfile(setting):
-        return A.templates.setdefault(setting, open(setting, encoding="utf-8").read())
-    cached = A.templates.get(setting)
+        return A.fetched.setdefault(setting, (float("inf"), open(setting, encoding="utf-8").read()))[1]
+    cached = A.fetched.get(setting)
     if cached and cached[0] > time.monotonic():
         return cached[1]
     url = template_url(setting)
     try:
         with urllib.request.urlopen(url, timeout=A.cfg.smtp_timeout_sec) as resp:
             body = resp.read(1 << 20).decode("utf-8")
-        A.templates[setting] = (time.monotonic() + TEMPLATE_TTL, body)
+        A.fetched[setting] = (time.monotonic() + TEMPLATE_TTL, body)
         return body
     except (OSError, ValueError, UnicodeDecodeError) as e:
         log.error("could not fetch the %s mail template from %s (%s); using the default", kind, url, e)
-        A.templates[setting] = (time.monotonic() + 30, A.templates[kind])
+        A.fetched[setting] = (time.monotonic() + 30, A.templates[kind])
         return A.templates[kind]
 
 
@@ -817,7 +816,7 @@ def send_mail(kind, to, token, user, new_email=""):
     msg["Subject"] = render(getattr(cfg, f"mailer_subjects_{kind}") or SUBJECTS[kind], data, escape=False)
     msg["From"] = cfg.smtp_admin_email or f"noreply@{A.mail_domain}"
     msg["To"] = mail_address(to)
-    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Date"] = email.utils.formatdate(usegmt=True)
     msg["Message-ID"] = email.utils.make_msgid(domain=A.mail_domain)
     msg.set_content(html_to_text(body))
     msg.add_alternative(body, subtype="html")
@@ -1455,9 +1454,9 @@ def recover():
     try:
         with A.db.transaction():
             user = find_user_by_email(address, aud)
-            if user:
-                if sent_recently(user["recovery_sent_at"]):
-                    raise APIError(429, "Rate limit exceeded, try again later")
+            # a mail sent recently (by another process, or before a restart): say nothing, send
+            # nothing, exactly as for an unknown address
+            if user and not sent_recently(user["recovery_sent_at"]):
                 audit(user, "user_recovery_requested")
                 send_recovery(user)
     except Exception:
@@ -1830,6 +1829,7 @@ def create_app(cfg, check_schema=True):
     """Build everything a request needs, once."""
     global A
     A = App(cfg)
+    A.dummy_hash = hash_password(secrets.token_hex(8)).encode()  # for logins of unknown users
     for kind in MAIL_KINDS:
         with open(os.path.join(HERE, "templates", kind + ".html"), encoding="utf-8") as f:
             A.templates[kind] = f.read()
