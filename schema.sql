@@ -81,4 +81,4 @@ CREATE INDEX {ns}users_instance_aud_created_idx ON {ns}users (instance_id, aud, 
 ALTER TABLE {ns}refresh_tokens ADD parent varchar(255) NULL DEFAULT NULL;
 CREATE UNIQUE INDEX {ns}refresh_tokens_token_key ON {ns}refresh_tokens (token);
 CREATE INDEX {ns}refresh_tokens_parent_idx ON {ns}refresh_tokens (parent);
-CREATE INDEX {ns}audit_log_entries_instance_created_idx ON {ns}audit_log_entries (instance_id, created_at);
+CREATE INDEX {ns}audit_log_entries_instance_created_idx ON {ns}audit_log_entries (instance_id, created_at, id);
