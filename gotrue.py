@@ -1070,11 +1070,14 @@ def oauth_error(code, description="", headers=()):
     return APIError(400, description, oauth=code, headers=headers)
 
 
-def reply(body, status=200, headers=()):
+def json_bytes(body):
     # Go's encoder escapes <, > and &: do the same so the bytes match upstream's.
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    resp = bottle.HTTPResponse(body=text.encode() if body is not None else b"", status=status)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def reply(body, status=200, headers=()):
+    resp = bottle.HTTPResponse(body=json_bytes(body) if body is not None else b"", status=status)
     if body is not None:
         resp.set_header("Content-Type", "application/json")
     for name, value in headers:
@@ -1112,7 +1115,7 @@ def not_found(_):
 @app.error(405)
 def not_allowed(_):
     bottle.response.content_type = "application/json"
-    return json.dumps({"code": 405, "msg": "Method Not Allowed"})
+    return json_bytes({"code": 405, "msg": "Method Not Allowed"})
 
 
 def wsgi(environ, start_response):
@@ -1138,7 +1141,7 @@ def wsgi(environ, start_response):
     except ValueError:
         length = -1
     if length > MAX_BODY or length < 0:
-        body = json.dumps({"code": 413, "msg": "Request body too large (limit 1 MiB)"}).encode()
+        body = json_bytes({"code": 413, "msg": "Request body too large (limit 1 MiB)"})
         start("413 Request Entity Too Large", [("Content-Type", "application/json")])
         return [body]
     result = app(environ, start)
