@@ -3,6 +3,7 @@ roll the action back, metadata replies, retries and timeouts, broken receivers, 
 filter and the private-network guard. Every test runs on SQLite and on MariaDB."""
 
 import collections
+import functools
 import hashlib
 import http.server
 import json
@@ -309,34 +310,23 @@ def veto_signup_autoconfirm(srv, receiver):
     return r
 
 
-def veto_verify_signup(srv, receiver):
+def veto_verify(kind, srv, receiver):
+    """A refused `signup` event while verifying either token of an unconfirmed user."""
     email = unique_email()
-    srv.signup(email)
+    srv.signup(email)  # unconfirmed: verifying a signup or a recovery token confirms it
+    if kind == "recovery":
+        assert srv.post("/recover", json={"email": email}).status_code == 200
     receiver.take()
-    token = srv.user_row(email)["confirmation_token"]
+    column = {"signup": "confirmation_token", "recovery": "recovery_token"}[kind]
+    token = srv.user_row(email)[column]
     receiver.script(400, 400)
-    r = srv.post("/verify", json={"type": "signup", "token": token})
+    r = srv.post("/verify", json={"type": kind, "token": token})
     assert events(receiver.take()) == ["signup", "signup"]
     row = srv.user_row(email)
-    assert row["confirmed_at"] is None and row["confirmation_token"] == token
+    assert row["confirmed_at"] is None and row[column] == token
     assert refresh_tokens(srv, row["id"]) == []
     # still usable once the receiver agrees
-    assert srv.post("/verify", json={"type": "signup", "token": token}).status_code == 200
-    return r
-
-
-def veto_verify_recovery(srv, receiver):
-    email = unique_email()
-    srv.signup(email)  # unconfirmed: verifying a recovery confirms it, firing `signup`
-    assert srv.post("/recover", json={"email": email}).status_code == 200
-    receiver.take()
-    token = srv.user_row(email)["recovery_token"]
-    receiver.script(400, 400)
-    r = srv.post("/verify", json={"type": "recovery", "token": token})
-    assert events(receiver.take()) == ["signup", "signup"]
-    row = srv.user_row(email)
-    assert row["confirmed_at"] is None and row["recovery_token"] == token
-    assert refresh_tokens(srv, row["id"]) == []
+    assert srv.post("/verify", json={"type": kind, "token": token}).status_code == 200
     return r
 
 
@@ -369,10 +359,10 @@ VETOES = [
     pytest.param(veto_signup_validate, {}, (422, FAILED), id="signup-validate"),
     pytest.param(veto_signup_autoconfirm, {"GOTRUE_MAILER_AUTOCONFIRM": "true"}, (422, FAILED),
                  id="signup-autoconfirm"),
-    pytest.param(veto_verify_signup, {}, (422, FAILED), id="verify-signup"),
+    pytest.param(functools.partial(veto_verify, "signup"), {}, (422, FAILED), id="verify-signup"),
     pytest.param(veto_login, {}, (422, FAILED), id="login"),
     pytest.param(veto_invite, {}, (422, FAILED), id="invite-validate"),
-    pytest.param(veto_verify_recovery, {}, (500, "Database error updating user"), id="verify-recovery"),
+    pytest.param(functools.partial(veto_verify, "recovery"), {}, (500, "Database error updating user"), id="verify-recovery"),
 ]
 
 
