@@ -340,6 +340,11 @@ def db_time(value):
     return dt.datetime.fromisoformat(str(value))
 
 
+class ThreadState(threading.local):
+    conn = None  # this thread's connection
+    depth = 0  # how many transaction() blocks it is inside
+
+
 class Database:
     def __init__(self, cfg):
         self.driver = cfg.db_driver
@@ -347,8 +352,9 @@ class Database:
         prefix = cfg.db_namespace + "_" if cfg.db_namespace else ""
         self.names = {t: prefix + t for t in TABLES}
         self.names["ns"] = prefix
-        self.local = threading.local()
+        self.local = ThreadState()
         self.statements = {}
+        self.for_update = " FOR UPDATE" if self.driver == "mysql" else ""  # SQLite: BEGIN IMMEDIATE
         if self.driver == "mysql":
             self.IntegrityError, self.Error = pymysql.err.IntegrityError, pymysql.err.Error
             field = "JSON_UNQUOTE(JSON_EXTRACT({0}, '$.{1}'))"
@@ -369,18 +375,18 @@ class Database:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")  # webhooks and mail may run inside a write
         conn.execute("PRAGMA synchronous=NORMAL")
+        # SQLite's own lower() folds ASCII only; the admin filters want Unicode, as MySQL does
+        conn.create_function("lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
         return conn
 
     @property
     def conn(self):
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = self.connect()
-            self.local.depth = 0
-        return conn
+        if self.local.conn is None:
+            self.local.conn = self.connect()
+        return self.local.conn
 
     def close(self):
-        conn, self.local.conn = getattr(self.local, "conn", None), None
+        conn, self.local.conn = self.local.conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -427,8 +433,8 @@ class Database:
     @contextlib.contextmanager
     def transaction(self):
         """All-or-nothing. Nested calls join the outer transaction. SQLite takes the write lock at
-        BEGIN so that two writers never deadlock on a read-to-write upgrade."""
-        conn = self.conn
+        BEGIN so that two writers never deadlock on a read-to-write upgrade. No network I/O
+        (mail, webhooks) happens inside one: callers do that before or after."""
         if self.local.depth:
             self.local.depth += 1
             try:
@@ -436,24 +442,19 @@ class Database:
             finally:
                 self.local.depth -= 1
             return
-        begin = "BEGIN" if self.driver == "mysql" else "BEGIN IMMEDIATE"
-        try:
-            self.run(begin, ())
-        except self.Error as e:
-            if not self.is_lost_connection(e):
-                raise
-            self.close()
-            self.run(begin, ())
-        self.local.depth = 1
+        self.run("BEGIN" if self.driver == "mysql" else "BEGIN IMMEDIATE", ())  # reconnects if lost
+        conn, self.local.depth = self.conn, 1
         try:
             yield
+            self.local.depth = 0
+            conn.commit()
         except BaseException:
             self.local.depth = 0
-            with contextlib.suppress(Exception):
+            try:
                 conn.rollback()
+            except Exception:
+                self.close()  # a connection that cannot roll back is not used again
             raise
-        self.local.depth = 0
-        conn.commit()
 
     def applied_versions(self):
         try:
@@ -568,6 +569,9 @@ def read_user(row):
 
 
 USER_TIMES = ("confirmed_at", "invited_at", "confirmation_sent_at", "recovery_sent_at")
+USER_FIELDS = ("aud", "role", "email", "encrypted_password", *USER_TIMES, "confirmation_token", "recovery_token",
+               "email_change_token", "email_change", "email_change_sent_at", "last_sign_in_at", "app_metadata",
+               "user_metadata", "is_super_admin")  # what save_user may write
 
 
 def user_json(user, with_password=False):
@@ -590,16 +594,17 @@ def user_json(user, with_password=False):
     return out
 
 
-def find_user(where, *args):
-    return read_user(A.db.one("SELECT * FROM {users} WHERE " + where, *args))
+def find_user(where, *args, lock=False):
+    """One user; `lock` holds its row until the transaction ends (read-modify-write)."""
+    return read_user(A.db.one("SELECT * FROM {users} WHERE " + where + (A.db.for_update if lock else ""), *args))
 
 
 def find_user_by_email(email, aud):
     return find_user("instance_id = ? AND aud = ? AND email = ?", NIL_UUID, aud, email.lower())
 
 
-def find_user_by_id(user_id):
-    return find_user("instance_id = ? AND id = ?", NIL_UUID, str(user_id))
+def find_user_by_id(user_id, lock=False):
+    return find_user("instance_id = ? AND id = ?", NIL_UUID, str(user_id), lock=lock)
 
 
 def find_user_by_token(column, token):
@@ -654,12 +659,6 @@ def save_user(user, *columns):
 def delete_user(user):
     A.db.execute("DELETE FROM {refresh_tokens} WHERE user_id = ?", user["id"])
     A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"])
-
-
-def confirm_user(user):
-    user["confirmed_at"] = now()
-    user["confirmation_token"] = ""
-    save_user(user, "confirmed_at", "confirmation_token")
 
 
 def is_admin(user, aud):
@@ -726,8 +725,10 @@ def audit(actor, action, target=None):
         payload["actor_name"] = name
     if target:
         payload["traits"] = {"user_id": target["id"], "user_email": target["email"]}
+    entry = str(uuid.uuid4())
     A.db.execute("INSERT INTO {audit_log_entries} (instance_id, id, payload, created_at) VALUES (?, ?, ?, ?)",
-                 NIL_UUID, str(uuid.uuid4()), json.dumps(payload), stamp)
+                 NIL_UUID, entry, json.dumps(payload), stamp)
+    return entry
 
 
 # ============================================================================================
@@ -845,41 +846,56 @@ class MailError(Exception):
     pass
 
 
-def sent_recently(sent_at):
-    """Upstream's throttle: the previous mail + SMTP_MAX_FREQUENCY is not yet before now."""
-    freq = A.cfg.smtp_max_frequency
-    return bool(sent_at) and freq > 0 and db_time(sent_at) + dt.timedelta(seconds=freq) >= now()
-
-
 def expired(sent_at, max_age):
     return bool(sent_at) and now() > db_time(sent_at) + dt.timedelta(seconds=max_age)
 
 
-def send_confirmation(user):
-    """Signup confirmation; inside the throttle window nothing is sent and nothing changes."""
-    if sent_recently(user["confirmation_sent_at"]):
-        return
-    user["confirmation_token"], user["confirmation_sent_at"] = new_token(), now()
-    save_user(user, "confirmation_token", "confirmation_sent_at")
-    send_mail("confirmation", user["email"], user["confirmation_token"], user)
+# A mail is sent only after the change that holds its token is committed, so that no database
+# lock waits on SMTP; if the mail cannot go, that change is taken back and the request fails.
+
+LINKS = {"confirmation": ("confirmation_token", "confirmation_sent_at"), "invite": ("confirmation_token", "invited_at"),
+         "recovery": ("recovery_token", "recovery_sent_at"), "email_change": ("email_change_token", "email_change_sent_at")}
 
 
-def send_invite(user):
-    user["confirmation_token"], user["invited_at"] = new_token(), now()
-    save_user(user, "confirmation_token", "invited_at")
-    send_mail("invite", user["email"], user["confirmation_token"], user)
+def new_link(kind, user):
+    """A fresh one-time token for `kind` on the user, in memory; returns the columns it set."""
+    token_column, sent_column = LINKS[kind]
+    user[token_column], user[sent_column] = new_token(), now()
+    return [token_column, sent_column]
 
 
-def send_recovery(user):
-    user["recovery_token"], user["recovery_sent_at"] = new_token(), now()
-    save_user(user, "recovery_token", "recovery_sent_at")
-    send_mail("recovery", user["email"], user["recovery_token"], user)
+def store_link(kind, user):
+    """Store a fresh token for `kind` unless a mail of this kind went out within
+    SMTP_MAX_FREQUENCY. The check is part of the UPDATE, so of concurrent requests one wins.
+    Returns whether the caller should mail the link."""
+    token_column, sent_column = LINKS[kind]
+    token, stamp = new_token(), now()
+    sql = f"UPDATE {{users}} SET {token_column} = ?, {sent_column} = ?, updated_at = ? WHERE id = ?"
+    args = [token, stamp, stamp, user["id"]]
+    if A.cfg.smtp_max_frequency > 0:
+        sql += f" AND ({sent_column} IS NULL OR {sent_column} < ?)"
+        args.append(stamp - dt.timedelta(seconds=A.cfg.smtp_max_frequency))
+    if A.db.execute(sql, *args) != 1:
+        return False
+    user[token_column], user[sent_column], user["updated_at"] = token, stamp, stamp
+    return True
 
 
-def send_email_change(user, new_email):
-    user["email_change_token"], user["email_change"], user["email_change_sent_at"] = new_token(), new_email, now()
-    save_user(user, "email_change_token", "email_change", "email_change_sent_at")
-    send_mail("email_change", new_email, user["email_change_token"], user, new_email)
+def mail_link(kind, user, before, audit_ids=()):
+    """Mail the link whose token was just committed. On failure, undo: restore the user as it
+    was `before` (None: remove the user this request created) and drop the audit entries."""
+    to = user["email_change"] if kind == "email_change" else user["email"]
+    try:
+        send_mail(kind, to, user[LINKS[kind][0]], user, user["email_change"] if kind == "email_change" else "")
+    except MailError:
+        with A.db.transaction():
+            if before is None:
+                A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"])
+            else:
+                save_user(before, *USER_FIELDS)
+            for entry in audit_ids:
+                A.db.execute("DELETE FROM {audit_log_entries} WHERE id = ?", entry)
+        raise
 
 
 # ============================================================================================
@@ -1006,9 +1022,10 @@ def post_webhook(event, body):
     raise APIError(422, "Failed to handle signup webhook")
 
 
-def webhook(event, user, saved=True):
-    """Fire `event` if configured. A 2xx JSON reply may replace the user's metadata, which is
-    applied to `user` (and saved when the user is already stored) before any token is made."""
+def webhook(event, user):
+    """Fire `event` if configured, before the action is written (no lock is held meanwhile).
+    A 2xx JSON reply may replace the user's metadata: it is applied to `user`, which the caller
+    then stores, so a token made next already carries it."""
     cfg = A.cfg
     if not cfg.webhook_url or event not in cfg.webhook_events:
         return
@@ -1022,13 +1039,11 @@ def webhook(event, user, saved=True):
         if not isinstance(data, dict) or any(not isinstance(data.get(k), (dict, type(None)))
                                              for k in ("app_metadata", "user_metadata")):
             raise ValueError("expected {\"app_metadata\": {...}, \"user_metadata\": {...}}")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise APIError(500, f"Webhook returned malformed JSON: {e}")
-    changed = [key for key in ("app_metadata", "user_metadata") if data.get(key) is not None]
-    for key in changed:
-        user[key] = data[key]
-    if changed and saved:
-        save_user(user, *changed)
+    for key in ("app_metadata", "user_metadata"):
+        if data.get(key) is not None:
+            user[key] = data[key]
 
 
 # ============================================================================================
@@ -1276,10 +1291,10 @@ def require_claims(token=None):
         raise APIError(401, f"Invalid token: {e}", headers=[cookie_header()])
 
 
-def current_user(claims):
+def current_user(claims, lock=False):
     if not is_uuid(claims.get("sub")):
         raise APIError(400, "Could not read User ID claim")
-    user = find_user("id = ?", str(claims["sub"]))
+    user = find_user("id = ?", str(claims["sub"]), lock=lock)
     if not user:
         raise APIError(404, "User not found")
     return user
@@ -1354,32 +1369,44 @@ def signup():
         raise APIError(422, "Signup requires a valid password")
     email_ = validate_email(p["email"])
     aud = request_aud()
-    password_hash = hash_password(check_password(p["password"]))  # before the write lock
+    password_hash = hash_password(check_password(p["password"]))
     for attempt in (1, 2):
         try:
-            with A.db.transaction():
-                user = find_user_by_email(email_, aud)
-                if user and user["confirmed_at"]:
-                    raise APIError(400, "A user with this email address has already been registered")
-                if user:  # an unconfirmed re-signup: new data, a new mail outside the throttle window
-                    if p["data"] is not None:
-                        user["user_metadata"] = merge_meta(user["user_metadata"], p["data"])
-                        save_user(user, "user_metadata")
-                else:
-                    user = new_user(email_, password_hash, aud, p["data"])
-                    webhook("validate", user, saved=False)
-                    insert_user(user)
-                if A.cfg.mailer_autoconfirm:
-                    if not user["confirmed_at"]:
-                        audit(user, "user_signedup")
-                        webhook("signup", user)
-                        confirm_user(user)
-                else:
-                    send_confirmation(user)
-            return reply(user_json(user))
+            return reply(user_json(sign_up(find_user_by_email(email_, aud), email_, password_hash, aud, p["data"])))
         except A.db.IntegrityError:
             if attempt == 2:  # a concurrent signup inserted it: the second pass sees that user
                 raise
+
+
+def sign_up(user, email_, password_hash, aud, data):
+    """Create the user, or refresh an unconfirmed signup of the same address (its password
+    stays); then confirm it (autoconfirm) or mail a confirmation (throttled)."""
+    if user and user["confirmed_at"]:
+        raise APIError(400, "A user with this email address has already been registered")
+    before = dict(user) if user else None
+    if user is None:
+        user = new_user(email_, password_hash, aud, data)
+        webhook("validate", user)
+    elif data is not None:
+        user["user_metadata"] = merge_meta(user["user_metadata"], data)
+    autoconfirm = A.cfg.mailer_autoconfirm
+    if autoconfirm:
+        webhook("signup", user)
+        user["confirmed_at"], user["confirmation_token"] = now(), ""
+    with A.db.transaction():
+        if before is None:
+            if not autoconfirm:
+                new_link("confirmation", user)
+            insert_user(user)
+            mailing = not autoconfirm
+        else:
+            save_user(user, "user_metadata", "app_metadata", "confirmed_at", "confirmation_token")
+            mailing = not autoconfirm and store_link("confirmation", user)
+        if autoconfirm:
+            audit(user, "user_signedup")
+    if mailing:
+        mail_link("confirmation", user, before)
+    return user
 
 
 @app.post("/verify")
@@ -1390,51 +1417,38 @@ def verify():
         raise APIError(422, "Verify requires a token")
     if p["type"] not in ("signup", "recovery"):
         raise APIError(422, "Verify requires a verification type")
-    password_hash = None
-    with A.db.transaction():
-        if p["type"] == "signup":
-            user = find_user_by_token("confirmation_token", token)
-            if not user:
-                raise APIError(404, "User not found")
-            invited = bool(user["invited_at"])
-            sent = user["confirmation_sent_at"] or user["invited_at"]  # invites expire too
-            max_age = A.cfg.mailer_invite_max_age if invited else A.cfg.mailer_confirmation_max_age
-            if expired(sent, max_age):
-                raise APIError(422, "Confirmation token expired")
-            if invited and not user["encrypted_password"]:
-                if not p["password"]:
-                    raise APIError(422, "Invited users must specify a password")
-                password_hash = hash_password(check_password(p["password"]))
-            if not claim_token(user, "confirmation_token", token):
-                raise APIError(404, "User not found")
-            if password_hash:
-                user["encrypted_password"] = password_hash
-                save_user(user, "encrypted_password")
-            audit(user, "user_signedup")
+    column = "confirmation_token" if p["type"] == "signup" else "recovery_token"
+    user = find_user_by_token(column, token)
+    if not user:
+        raise APIError(404, "User not found")
+    confirming = not user["confirmed_at"]
+    if p["type"] == "signup":
+        invited = bool(user["invited_at"])
+        sent = user["confirmation_sent_at"] or user["invited_at"]  # invites expire too
+        if expired(sent, A.cfg.mailer_invite_max_age if invited else A.cfg.mailer_confirmation_max_age):
+            raise APIError(422, "Confirmation token expired")
+        if invited and not user["encrypted_password"]:
+            if not p["password"]:
+                raise APIError(422, "Invited users must specify a password")
+            user["encrypted_password"] = hash_password(check_password(p["password"]))
+        webhook("signup", user)
+    elif expired(user["recovery_sent_at"], A.cfg.mailer_recovery_max_age):
+        raise APIError(422, "Recovery token expired")
+    elif confirming:
+        try:
             webhook("signup", user)
-            confirm_user(user)
-        else:
-            user = find_user_by_token("recovery_token", token)
-            if not user:
-                raise APIError(404, "User not found")
-            if expired(user["recovery_sent_at"], A.cfg.mailer_recovery_max_age):
-                raise APIError(422, "Recovery token expired")
-            if not claim_token(user, "recovery_token", token):
-                raise APIError(404, "User not found")
-            if not user["confirmed_at"]:
-                try:
-                    audit(user, "user_signedup")
-                    webhook("signup", user)
-                    confirm_user(user)
-                except APIError:  # upstream reports any failure here this way
-                    raise APIError(500, "Database error updating user")
+        except APIError:  # upstream reports any failure of this step this way
+            raise APIError(500, "Database error updating user")
+    with A.db.transaction():
+        # one-time: of concurrent requests with the token only one clears it
+        if A.db.execute(f"UPDATE {{users}} SET {column} = '' WHERE id = ? AND {column} = ?", user["id"], token) != 1:
+            raise APIError(404, "User not found")
+        user[column] = ""
+        if confirming:
+            user["confirmed_at"] = now()
+            save_user(user, "confirmed_at", "encrypted_password", "app_metadata", "user_metadata")
+            audit(user, "user_signedup")
         return token_reply(user)
-
-
-def claim_token(user, column, token):
-    """Use a one-time token: only one of two concurrent requests can clear it."""
-    user[column] = ""
-    return A.db.execute(f"UPDATE {{users}} SET {column} = '' WHERE id = ? AND {column} = ?", user["id"], token) == 1
 
 
 @app.post("/recover")
@@ -1455,13 +1469,16 @@ def recover():
             A.recover_requests.clear()
         A.recover_requests[key] = time.monotonic()
     try:
-        with A.db.transaction():
-            user = find_user_by_email(address, aud)
-            # a mail sent recently (by another process, or before a restart): say nothing, send
-            # nothing, exactly as for an unknown address
-            if user and not sent_recently(user["recovery_sent_at"]):
-                audit(user, "user_recovery_requested")
-                send_recovery(user)
+        user = find_user_by_email(address, aud)
+        if user:
+            before = dict(user)
+            with A.db.transaction():
+                # a mail sent recently (by another process, or before a restart): say nothing and
+                # send nothing, exactly as for an unknown address
+                mailing = store_link("recovery", user)
+                entries = [audit(user, "user_recovery_requested")] if mailing else []
+            if mailing:
+                mail_link("recovery", user, before, entries)
     except Exception:
         with A.lock:
             A.recover_requests.pop(key, None)
@@ -1491,11 +1508,11 @@ def password_grant(username, password):
         raise oauth_error("invalid_grant", "No user found with that email, or password invalid.")
     if not user["confirmed_at"]:
         raise oauth_error("invalid_grant", "Email not confirmed")
+    webhook("login", user)
     with A.db.transaction():
         audit(user, "login")
-        webhook("login", user)
         user["last_sign_in_at"] = now()
-        save_user(user, "last_sign_in_at")
+        save_user(user, "last_sign_in_at", "app_metadata", "user_metadata")
         log.info("login metering=true action=login login_method=password user_id=%s", user["id"])
         return token_reply(user)
 
@@ -1557,29 +1574,38 @@ def update_user():
     claims = require_claims()
     p = read_params("Could not read User Update params", email=str, password=str, email_change_token=str,
                     data=dict, app_metadata=dict)
-    user = current_user(claims)
+    current_user(claims)  # a 404 before any bcrypt work
     password_hash = hash_password(check_password(p["password"])) if p["password"] else None
+    new_email = None
     with A.db.transaction():
-        user = current_user(claims)  # again, inside the transaction
+        user = current_user(claims, lock=True)  # read-modify-write: concurrent updates queue here
+        before, changed = dict(user), []
         if password_hash:
             user["encrypted_password"] = password_hash
-            save_user(user, "encrypted_password")
+            changed.append("encrypted_password")
         if p["data"] is not None:
             user["user_metadata"] = merge_meta(user["user_metadata"], p["data"])
-            save_user(user, "user_metadata")
+            changed.append("user_metadata")
         if p["app_metadata"] is not None:
             if not is_admin(user, A.cfg.jwt_aud):
                 raise APIError(401, "Updating app_metadata requires admin privileges")
             user["app_metadata"] = merge_meta(user["app_metadata"], p["app_metadata"])
-            save_user(user, "app_metadata")
+            changed.append("app_metadata")
         if p["email_change_token"]:
-            confirm_email_change(user, p["email_change_token"].strip())
+            changed += confirm_email_change(user, p["email_change_token"].strip())
         elif p["email"] and p["email"].lower() != user["email"]:
             new_email = validate_email(p["email"])
             if find_user_by_email(new_email, user["aud"]):
                 raise APIError(422, "Email address already registered by another user")
-            send_email_change(user, new_email)
-        audit(user, "user_modified")
+            user["email_change"] = new_email  # the address changes once the new one confirms
+            changed += ["email_change", *new_link("email_change", user)]
+        try:
+            save_user(user, *changed)
+        except A.db.IntegrityError:
+            raise APIError(422, "Email address already registered by another user")
+        entries = [audit(user, "user_modified")]
+    if new_email:  # the mail goes to the new address
+        mail_link("email_change", user, before, entries)
     return reply(user_json(user))
 
 
@@ -1591,10 +1617,7 @@ def confirm_email_change(user, token):
     if find_user_by_email(user["email_change"], user["aud"]):
         raise APIError(422, "Email address already registered by another user")
     user["email"], user["email_change"], user["email_change_token"] = user["email_change"], "", ""
-    try:
-        save_user(user, "email", "email_change", "email_change_token")
-    except A.db.IntegrityError:
-        raise APIError(422, "Email address already registered by another user")
+    return ["email", "email_change", "email_change_token"]
 
 
 # --- admin endpoints ------------------------------------------------------------------------
@@ -1605,14 +1628,19 @@ def invite():
     p = read_params("Could not read Invite params", email=str, data=dict)
     email_ = validate_email(p["email"])
     aud = request_aud()  # the body's aud only chose who may act; the invitee gets the request's
-    with A.db.transaction():
-        if find_user_by_email(email_, aud):
-            raise APIError(422, "Email address already registered by another user")
-        user = new_user(email_, "", aud, p["data"])
-        webhook("validate", user, saved=False)
-        insert_user(user)
-        audit(actor, "user_invited", user)
-        send_invite(user)
+    taken = APIError(422, "Email address already registered by another user")
+    if find_user_by_email(email_, aud):
+        raise taken
+    user = new_user(email_, "", aud, p["data"])
+    webhook("validate", user)
+    new_link("invite", user)
+    try:
+        with A.db.transaction():
+            insert_user(user)
+            entries = [audit(actor, "user_invited", user)]
+    except A.db.IntegrityError:
+        raise taken from None
+    mail_link("invite", user, None, entries)
     return reply(user_json(user))
 
 
@@ -1722,12 +1750,12 @@ def admin_create_user():
     return reply(user_json(user))
 
 
-def load_user(user_id):
+def load_user(user_id, lock=False):
     try:
         user_id = str(uuid.UUID(user_id))
     except ValueError:
         raise APIError(400, "user_id must be an UUID")
-    user = find_user_by_id(user_id)
+    user = find_user_by_id(user_id, lock)
     if not user:
         raise APIError(404, "User not found")
     return user
@@ -1751,7 +1779,7 @@ def admin_update_user(user_id):
     new_email = validate_email(p["email"]) if p["email"] else None
     try:
         with A.db.transaction():
-            user = load_user(user_id)
+            user = load_user(user_id, lock=True)
             changed = []
             if p["role"]:
                 user["role"] = p["role"].strip()
@@ -1782,18 +1810,22 @@ def admin_update_user(user_id):
 def admin_delete_user(user_id):
     actor, _ = require_admin()
     with A.db.transaction():
-        user = load_user(user_id)
+        user = load_user(user_id, lock=True)
         audit(actor, "user_deleted", user)
         delete_user(user)  # and its refresh tokens, which upstream leaves behind
-    fire_and_log("userdeleted", user, saved=False)
+    fire_and_log("userdeleted", user)
     return reply({})
 
 
-def fire_and_log(event, user, saved=True):
-    """After-the-fact events: a failing receiver is logged, the action stands."""
+def fire_and_log(event, user):
+    """After-the-fact events: a failing receiver is logged, the action stands; metadata a
+    `usermodified` receiver returns is stored (a deleted user has nothing left to store)."""
     try:
-        with A.db.transaction():
-            webhook(event, user, saved)
+        metadata = (user["app_metadata"], user["user_metadata"])
+        webhook(event, user)
+        if event != "userdeleted" and metadata != (user["app_metadata"], user["user_metadata"]):
+            with A.db.transaction():
+                save_user(user, "app_metadata", "user_metadata")
     except APIError as e:
         log.error("webhook %s for user %s failed: %s %s", event, user["id"], e.status, e.msg)
 
