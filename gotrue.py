@@ -247,11 +247,6 @@ class Config:
             raise ConfigError(f"GOTRUE_SITE_URL: {self.site_url!r} is not an absolute URL")
         database_params(self)  # raises ConfigError for a malformed DATABASE_URL
 
-    def secret_values(self):
-        """Values never to be written to a log."""
-        return [v for v in (self.jwt_secret, self.smtp_pass, self.webhook_secret, self.operator_token,
-                            self.api_export_secret) if v]
-
 
 def load_config(env_file=None, environ=None):
     """The .env file (or -c FILE) under the process environment: environment values win."""
@@ -774,7 +769,10 @@ def mail_template(kind):
     if not setting:
         return A.templates[kind]
     if os.path.isfile(setting):
-        return A.fetched.setdefault(setting, (float("inf"), open(setting, encoding="utf-8").read()))[1]
+        if setting not in A.fetched:
+            with open(setting, encoding="utf-8") as f:
+                A.fetched[setting] = (float("inf"), f.read())
+        return A.fetched[setting][1]
     cached = A.fetched.get(setting)
     if cached and cached[0] > time.monotonic():
         return cached[1]
@@ -945,6 +943,28 @@ class HookHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(HookHTTPSConnection, req, context=self._context)
 
 
+class HookRedirectHandler(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            return None  # not followed: the redirect counts as a failed attempt
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def hook_opener():
+    """urllib with only what a webhook needs: HTTP(S) through the guarded connections."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (HookHTTPHandler(), HookHTTPSHandler(), HookRedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def public_url(url):
+    """A URL fit for an error message: no credentials, query or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 class AttemptDeadline:
     """Shuts the attempt's sockets down when its time is up; `expired` tells why a read failed."""
 
@@ -1000,25 +1020,30 @@ def post_webhook(event, body):
     headers = {"Content-Type": "application/json", "X-Netlify-Event": "identity_" + event}
     if cfg.webhook_secret:
         headers["x-webhook-signature"] = webhook_signature(body)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), HookHTTPHandler, HookHTTPSHandler)
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:  # user:pass@ in the URL becomes Basic auth, as Go's client does
+        basic = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(basic.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    opener, shown = hook_opener(), public_url(url)
     for attempt in range(1, cfg.webhook_retries + 1):
         try:
             status, reply = deliver_once(opener, urllib.request.Request(url, body, headers, method="POST"),
                                          cfg.webhook_timeout_sec)
         except HookTimeout:
-            log.warning("webhook %s to %s timed out (attempt %d of %d)", event, url, attempt, cfg.webhook_retries)
+            log.warning("webhook %s to %s timed out (attempt %d of %d)", event, shown, attempt, cfg.webhook_retries)
             if attempt == cfg.webhook_retries:
                 raise APIError(504, f"Failed to perform webhook in time frame ({cfg.webhook_timeout_sec} seconds)")
             continue
         except urllib.error.URLError as e:  # never connected: no retry, as upstream
-            log.error("webhook %s to %s failed to connect: %s", event, url, e.reason)
-            raise APIError(502, f"Failed to connect to {url}")
+            log.error("webhook %s to %s failed to connect: %s", event, shown, e.reason)
+            raise APIError(502, f"Failed to connect to {shown}")
         except Exception as e:  # a broken exchange after connecting
-            log.error("webhook %s to %s failed: %s", event, url, e)
-            raise APIError(500, f"Failed to trigger webhook to {url}")
+            log.error("webhook %s to %s failed: %s", event, shown, e)
+            raise APIError(500, f"Failed to trigger webhook to {shown}")
         if status in (200, 202, 204):
             return reply
-        log.warning("webhook %s to %s answered %s (attempt %d of %d)", event, url, status, attempt, cfg.webhook_retries)
+        log.warning("webhook %s to %s answered %s (attempt %d of %d)", event, shown, status, attempt, cfg.webhook_retries)
     raise APIError(422, "Failed to handle signup webhook")
 
 
@@ -1058,7 +1083,8 @@ CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
 CORS_HEADERS = {"accept", "authorization", "content-type", "x-jwt-aud", "x-use-cookie", "x-nf-client",
                 "x-requested-with"}
 BEARER = re.compile(r"[Bb]earer (\S+)")
-EMAIL = re.compile(r"[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+")
+EMAIL_PART = r"[^@\s<>(),;:\"\[\]\x00-\x1f\x7f"
+EMAIL = re.compile(EMAIL_PART + r"]+@" + EMAIL_PART + r".]+(?:\." + EMAIL_PART + r".]+)+")  # no backtracking
 
 app = bottle.Bottle()
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
@@ -1110,6 +1136,9 @@ def api_plugin(callback):
             return reply(e.body(), e.status, e.headers)
         except MailError as e:
             return reply(APIError(500, MAIL_ERRORS[e.args[0]]).body(), 500)
+        except pymysql.err.DataError as e:  # MySQL's strict mode: a value does not fit its column
+            log.info("request %s: value refused by the database: %s", request.environ.get("gotrue.request_id"), e)
+            return reply(APIError(422, "A value is too long or malformed for the database").body(), 422)
         except Exception:
             log.exception("request %s failed", request.environ.get("gotrue.request_id"))
             return reply(APIError(500, "Internal server error").body(), 500)
@@ -1161,7 +1190,7 @@ def wsgi(environ, start_response):
         return [body]
     result = app(environ, start)
     if environ["PATH_INFO"] != "/health":
-        log.info("request completed method=%s path=%s status=%s duration_ms=%.1f request_id=%s", method,
+        log.info("request completed method=%s path=%r status=%s duration_ms=%.1f request_id=%s", method,
                  environ["PATH_INFO"], (status_seen or ["?"])[0].split()[0], (time.monotonic() - started) * 1000,
                  environ["gotrue.request_id"])
     return result
@@ -1195,12 +1224,20 @@ def json_body():
     if not text:
         raise ValueError("EOF")
     try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError as e:
+        value, _ = STRICT_JSON.raw_decode(text)
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()  # lone surrogates fail here
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"invalid JSON: {e}") from None
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value
+
+
+def refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+STRICT_JSON = json.JSONDecoder(parse_constant=refuse_constant)  # no NaN or Infinity
 
 
 TYPE_NAMES = {str: "a string", dict: "an object", bool: "a boolean"}
@@ -1234,7 +1271,7 @@ def form_params():
 def validate_email(address):
     if not address:
         raise APIError(422, "An email address is required")
-    if not EMAIL.fullmatch(address) or len(address) > 255:
+    if len(address) > 255 or not EMAIL.fullmatch(address):
         raise APIError(422, "Unable to validate email address: invalid format")
     return address.lower()
 
@@ -1248,7 +1285,10 @@ def check_password(password):
 def request_aud(claims=None):
     """X-JWT-AUD, else the verified token's aud, else JWT_AUD."""
     claims = claims or request.environ.get("gotrue.claims") or {}
-    return request.get_header("X-JWT-AUD") or claims.get("aud") or A.cfg.jwt_aud
+    aud = request.get_header("X-JWT-AUD") or claims.get("aud") or A.cfg.jwt_aud
+    if len(aud) > 255:
+        raise APIError(400, "The audience is too long: at most 255 characters")
+    return aud
 
 
 def require_email_provider():
@@ -1318,7 +1358,8 @@ def require_admin():
     aud = request_aud()
     if body_bytes().strip():
         try:
-            aud = json_body().get("aud") or aud
+            body_aud = json_body().get("aud")
+            aud = body_aud if body_aud and isinstance(body_aud, str) else aud
         except ValueError as e:
             raise APIError(400, f"Could not decode admin user params: {e}")
     if not is_admin(actor, aud):
@@ -1651,7 +1692,7 @@ def paginate():
         raw = query.get(name, "")
         if raw == "":
             return default
-        if not raw.isdigit():
+        if not re.fullmatch(r"[0-9]{1,12}", raw):
             raise APIError(400, f'Bad Pagination Parameters: {name} must be a whole number, got "{raw}"')
         return int(raw)
     page, per_page = max(number("page", 1), 1), number("per_page", 50)
@@ -1688,9 +1729,9 @@ def list_users(with_password=False):
     actor, aud = require_admin()
     page, per_page = paginate()
     where, args = "instance_id = ? AND aud = ?", [NIL_UUID, aud]
-    if request.query.get("filter"):
+    if request.query.getunicode("filter"):
         where += " AND (email LIKE ? ESCAPE '!' OR LOWER({full_name}) LIKE ? ESCAPE '!')"
-        args += [like(request.query["filter"])] * 2
+        args += [like(request.query.getunicode("filter"))] * 2
     order = []
     for item in request.query.getall("sort"):
         field, _, direction = item.strip().partition(" ")
@@ -1846,7 +1887,7 @@ def admin_audit():
     require_admin()
     page, per_page = paginate()
     where, args = "instance_id = ?", [NIL_UUID]
-    query = request.query.get("query", "")
+    query = request.query.getunicode("query", "")
     if query:
         scope, sep, value = query.partition(":")
         if not sep or scope not in AUDIT_SCOPES:

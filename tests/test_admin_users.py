@@ -227,6 +227,14 @@ def test_operator_token_unset_is_no_master_key(server):
     check_error(server.get("/admin/users", headers={"Authorization": "Bearer "}), 401, NO_BEARER)
 
 
+@pytest.mark.parametrize("aud", [{"x": 1}, [1], True, 5])
+def test_non_string_body_aud_is_ignored(server, admin, aud):
+    r = server.post("/admin/users", token=admin.token, json={"email": unique_email(), "aud": aud})
+    assert r.status_code == 400  # the body's aud must be a string when it is read as a field...
+    r = server.post("/invite", token=admin.token, json={"email": unique_email(), "aud": aud})
+    assert r.status_code == 200 and r.json()["aud"] == ""  # ...and never chooses the audience
+
+
 def test_body_aud_is_the_audience_of_the_admin_check(server, admin, system_token):
     """A non-empty top-level body `aud` overrides the audience the admin must belong to."""
     email = unique_email()
@@ -369,9 +377,24 @@ def test_filter_matches_email_or_full_name_case_insensitively(server, admin):
     assert emails(list_users(server, admin.token, filter=f"flt{tag} smith")) == [by_name["email"]]
 
 
+def test_filter_and_audit_query_match_non_ascii(server, admin):
+    name = f"José Ñúñez {uuid.uuid4().hex[:6]}"
+    user = create_user(server, admin.token, user_metadata={"full_name": name})
+    assert emails(list_users(server, admin.token, filter=name.upper())) == [user["email"]]
+
+
+def test_filter_wildcards_are_literal(server, admin):
+    tag = uuid.uuid4().hex[:8]
+    plain = create_user(server, admin.token, email=f"pct{tag}@example.com")
+    assert emails(list_users(server, admin.token, filter=f"pct{tag}")) == [plain["email"]]
+    for pattern in (f"p%t{tag}", f"p_t{tag}", f"pct!{tag}"):
+        assert emails(list_users(server, admin.token, filter=pattern)) == []
+
+
 @pytest.mark.parametrize("path", ["/admin/users", "/admin/audit"])
 @pytest.mark.parametrize("query", ["per_page=0", "per_page=-1", "per_page=abc", "per_page=1.5", "per_page=%20",
-                                   "page=-1", "page=abc", "page=1e3", "per_page=0x10"])
+                                   "page=-1", "page=abc", "page=1e3", "per_page=0x10", "page=%B2",
+                                   "page=%EF%BC%91", "page=" + "9" * 5000])
 def test_malformed_paging_is_400(server, admin, path, query):
     check_error(server.get(f"{path}?{query}", token=admin.token), 400, "Bad Pagination Parameters*")
 

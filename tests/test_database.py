@@ -34,6 +34,29 @@ def test_lost_mysql_connections_are_reestablished(make_server, mariadb_root):
     assert server.login(email)["access_token"]  # a write path (transaction) after the loss
 
 
+def test_a_transaction_first_after_the_loss_works_and_leaves_nothing_open(make_server, mariadb_root):
+    """The first statement after the loss is BEGIN (signup, verify...): the transaction must run
+    on the new connection and commit there, or later requests see stale data."""
+    server = make_server("mariadb", GOTRUE_API_THREADS="2", GOTRUE_OPERATOR_TOKEN="op-token-db-test")
+    for _ in range(4):
+        server.get("/admin/users", token="op-token-db-test")  # every thread has its connection
+    server.db.close()
+    assert kill_server_connections(server) >= 1
+    emails = [unique_email() for _ in range(4)]
+    for email in emails:
+        r = server.post("/admin/users", token="op-token-db-test", json={"email": email, "confirm": True})
+        assert r.status_code == 200, r.text
+    r = server.get("/admin/users", token="op-token-db-test", params={"per_page": 100})
+    assert set(emails) <= {u["email"] for u in r.json()["users"]}
+    # nothing left open on the server's side
+    params = server.db.params
+    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"], password=params["password"])
+    with admin.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.innodb_trx")
+        assert cur.fetchone()[0] == 0
+    admin.close()
+
+
 @pytest.mark.parametrize("engine_name", ["sqlite", "mariadb"])
 def test_database_gone_is_a_json_500(make_server, engine_name):
     server = make_server(engine_name)

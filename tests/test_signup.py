@@ -84,6 +84,31 @@ def test_malformed_bodies_get_400(server, raw, msg):
     assert r.status_code == 400 and r.json()["msg"].startswith(msg)
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"email":"%s","password":"pw","data":{"x":NaN}}',
+    b'{"email":"%s","password":"pw","data":{"x":-Infinity}}',
+    b'{"email":"%s","password":"pw","data":{"x":"\\ud800"}}',
+    b'{"email":"%s","password":"pw","data":' + b"[" * 100000 + b"]" * 100000 + b"}",
+])
+def test_json_that_cannot_be_stored_or_sent_back_is_400(server, raw):
+    email = unique_email()
+    r = server.post("/signup", data=raw.replace(b"%s", email.encode()), headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["msg"].startswith("Could not read Signup params: invalid JSON")
+    assert server.user_row(email) is None
+
+
+@pytest.mark.parametrize("email", ["a@" + "." * 64000 + "@", "x" * 250 + "@example.com", "a\x00b@example.com",
+                                   "a@b", "two@@example.com"])
+def test_hostile_or_long_emails_are_422(server, email):
+    r = server.post("/signup", json={"email": email, "password": "pw"})
+    assert (r.status_code, r.json()["msg"]) == (422, "Unable to validate email address: invalid format")
+
+
+def test_an_audience_too_long_for_its_column_is_400(server):
+    r = server.post("/signup", json={"email": unique_email(), "password": "pw"}, headers={"X-JWT-AUD": "a" * 300})
+    assert (r.status_code, r.json()["msg"]) == (400, "The audience is too long: at most 255 characters")
+
+
 def test_trailing_bytes_after_the_json_value_are_ignored_as_upstream(server):
     email = unique_email()
     r = server.post("/signup", data=f'{{"email":"{email}","password":"pw"}} trailing'.encode())

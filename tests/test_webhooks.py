@@ -4,6 +4,7 @@ filter and the private-network guard. Every test runs on SQLite and on MariaDB."
 
 import collections
 import functools
+import socket
 import hashlib
 import http.server
 import json
@@ -542,3 +543,24 @@ def test_private_addresses_refused_unless_allowed(make_server, engine, receiver,
     assert receiver.count() == 0
     assert srv.user_row(email) is None
     assert_logged_without_secret(srv, url)
+
+
+def test_redirects_leave_http_only_and_credentials_stay_out_of_errors(make_server, engine, receiver):
+    """A receiver that redirects to ftp:// (which urllib would follow) gets no FTP connection:
+    the redirect is a failed attempt. Credentials in WEBHOOK_URL never reach the client."""
+    with socket.create_server(("127.0.0.1", 0)) as ftp:
+        ftp.settimeout(0.5)
+        target = f"ftp://127.0.0.1:{ftp.getsockname()[1]}/"
+        srv = hook_server(make_server, engine, receiver.url.replace("http://", "http://user:pw@"),
+                          GOTRUE_WEBHOOK_RETRIES="1")
+        receiver.script(Answer(302, b"", raw=f"HTTP/1.1 302 Found\r\nLocation: {target}\r\n"
+                                           "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()))
+        r = srv.post("/signup", json={"email": unique_email(), "password": PW})
+        assert error(r) == (422, 422, FAILED)
+        with pytest.raises(socket.timeout):
+            ftp.accept()
+    down = f"http://user:secret-pw@127.0.0.1:{free_port()}/hook?token=abc"
+    srv = hook_server(make_server, engine, down)
+    r = srv.post("/signup", json={"email": unique_email(), "password": PW})
+    assert error(r) == (502, 502, f"Failed to connect to http://127.0.0.1:{down.split(':')[3].split('/')[0]}/hook")
+    assert "secret-pw" not in r.text and "token=abc" not in r.text
