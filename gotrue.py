@@ -290,7 +290,7 @@ def setup_logging(cfg):
 # names in braces ({users}); the namespace prefix and the driver's placeholder style are
 # filled in once per statement and cached. Each thread keeps its own connection.
 
-TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries")
+TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries", "user_counts")
 MYSQL_LOST = (0, 2006, 2013, 2055)  # connection gone: reconnect and try once more
 
 
@@ -638,6 +638,7 @@ def insert_user(user):
     row = user_row(user)
     A.db.execute("INSERT INTO {users} (%s) VALUES (%s)" % (", ".join(row), ", ".join("?" * len(row))),
                  *row.values())
+    bump_user_count(user["aud"], 1)
 
 
 def save_user(user, *columns):
@@ -653,7 +654,35 @@ def save_user(user, *columns):
 
 def delete_user(user):
     A.db.execute("DELETE FROM {refresh_tokens} WHERE user_id = ?", user["id"])
-    A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"])
+    if A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"]):
+        bump_user_count(user["aud"], -1)
+
+
+# X-Total-Count of an audience without a COUNT(*) over it on every admin page: a counter that
+# our own writes keep, in their transaction, and that is counted afresh when it is older than
+# RECOUNT_AFTER, so users written by anything else (upstream's binary, SQL by hand) show up.
+RECOUNT_AFTER = 300
+
+
+def bump_user_count(aud, delta):
+    A.db.execute("UPDATE {user_counts} SET n = n + ? WHERE instance_id = ? AND aud = ?", delta, NIL_UUID, aud or "")
+
+
+def count_users(aud):
+    row = A.db.one("SELECT n, counted_at FROM {user_counts} WHERE instance_id = ? AND aud = ?", NIL_UUID, aud)
+    if row and row["counted_at"] and now() - db_time(row["counted_at"]) < dt.timedelta(seconds=RECOUNT_AFTER):
+        return row["n"]
+    with A.db.transaction():
+        # the counter row is locked first, so writers that bump it wait for the recount
+        A.db.one("SELECT n FROM {user_counts} WHERE instance_id = ? AND aud = ?" + A.db.for_update, NIL_UUID, aud)
+        n = A.db.one("SELECT COUNT(*) AS n FROM {users} WHERE instance_id = ? AND aud = ?", NIL_UUID, aud)["n"]
+        stamp = now()
+        if not A.db.execute("UPDATE {user_counts} SET n = ?, counted_at = ? WHERE instance_id = ? AND aud = ?",
+                            n, stamp, NIL_UUID, aud):
+            with contextlib.suppress(A.db.IntegrityError):  # a concurrent recount made the row
+                A.db.execute("INSERT INTO {user_counts} (instance_id, aud, n, counted_at) VALUES (?, ?, ?, ?)",
+                             NIL_UUID, aud, n, stamp)
+    return n
 
 
 def is_admin(user, aud):
@@ -888,7 +917,7 @@ def mail_link(kind, user, before, audit_ids=()):
     except MailError:
         with A.db.transaction():
             if before is None:
-                A.db.execute("DELETE FROM {users} WHERE id = ?", user["id"])
+                delete_user(user)
             else:
                 save_user(before, *USER_FIELDS)
             for entry in audit_ids:
@@ -1701,11 +1730,12 @@ def paginate():
     return min(page, 10 ** 9), min(per_page, 1000)
 
 
-def paginated(table, where, args, direction, page, per_page):
+def paginated(table, where, args, direction, page, per_page, total=None):
     """One page of `table` (newest first unless direction is ASC) plus upstream's Link and
     X-Total-Count headers. The page's ids are picked from the index alone and only then are
     their rows read, so a deep page costs no more row reads than the first."""
-    total = A.db.one(f"SELECT COUNT(*) AS n FROM {{{table}}} WHERE {where}", *args)["n"]
+    if total is None:
+        total = A.db.one(f"SELECT COUNT(*) AS n FROM {{{table}}} WHERE {where}", *args)["n"]
     order = f"created_at {direction}, id {direction}"
     rows = A.db.query(f"SELECT t.* FROM {{{table}}} t JOIN (SELECT id FROM {{{table}}} WHERE {where} ORDER BY {order}"
                       f" LIMIT ? OFFSET ?) page ON page.id = t.id ORDER BY t.{order.replace(', ', ', t.')}",
@@ -1742,7 +1772,8 @@ def list_users(with_password=False):
             raise APIError(400, f"Bad Sort Parameters: bad direction for sort '{direction}', only 'asc' and 'desc' allowed")
         order.append(direction)
     direction = (order or ["desc"])[0].upper()
-    rows, headers = paginated("users", where, args, direction, page, per_page)
+    total = None if request.query.getunicode("filter") else count_users(aud)
+    rows, headers = paginated("users", where, args, direction, page, per_page, total)
     users = [user_json(read_user(r), with_password) for r in rows]
     return reply({"aud": aud, "users": users}, headers=headers)
 

@@ -69,7 +69,7 @@ CREATE TABLE {ns}audit_log_entries (
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8 */;
 CREATE INDEX {ns}audit_logs_instance_id_idx ON {ns}audit_log_entries (instance_id);
 
--- migration: 20261123000001 gotrue.py: one account per email and audience, unique refresh tokens, lookup indexes
+-- migration: 20261123000001 gotrue.py: one account per email and audience, unique refresh tokens, lookup indexes, user counts
 -- Additive only: upstream GoTrue still reads and writes these tables. migrate.py refuses to
 -- run this step while duplicates exist, and lists them.
 UPDATE {ns}users SET email = LOWER(email);
@@ -81,4 +81,11 @@ CREATE INDEX {ns}users_instance_aud_created_idx ON {ns}users (instance_id, aud, 
 ALTER TABLE {ns}refresh_tokens ADD parent varchar(255) NULL DEFAULT NULL;
 CREATE UNIQUE INDEX {ns}refresh_tokens_token_key ON {ns}refresh_tokens (token);
 CREATE INDEX {ns}refresh_tokens_parent_idx ON {ns}refresh_tokens (parent);
+CREATE TABLE {ns}user_counts (
+  instance_id varchar(255) NOT NULL,
+  aud varchar(255) NOT NULL,
+  n bigint NOT NULL,
+  counted_at timestamp NULL DEFAULT NULL,
+  PRIMARY KEY (instance_id, aud)
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci */;
 CREATE INDEX {ns}audit_log_entries_instance_created_idx ON {ns}audit_log_entries (instance_id, created_at, id);
