@@ -1422,7 +1422,7 @@ def health():
 @app.get("/settings")
 def settings():
     cfg = A.cfg
-    external = {p: getattr(cfg, f"external_{p}_enabled") for p in ("bitbucket", "github", "gitlab", "google", "facebook")}
+    external = {p: getattr(cfg, f"external_{p}_enabled") for p in PROVIDERS}
     external.update(email=not cfg.external_email_disabled, saml=cfg.external_saml_enabled)
     labels = {"saml": cfg.external_saml_name} if cfg.external_saml_name else {}
     return reply({"external": external, "external_labels": labels, "disable_signup": cfg.disable_signup,
