@@ -950,16 +950,18 @@ def watch_socket(sock):
     HOOK.sockets.append(sock)
 
 
-class HookHTTPConnection(HTTPConnection):
+class Watched:
     def connect(self):
         super().connect()
         watch_socket(self.sock)
 
 
-class HookHTTPSConnection(HTTPSConnection):
-    def connect(self):
-        super().connect()
-        watch_socket(self.sock)
+class HookHTTPConnection(Watched, HTTPConnection):
+    pass
+
+
+class HookHTTPSConnection(Watched, HTTPSConnection):
+    pass
 
 
 class HookHTTPHandler(urllib.request.HTTPHandler):
@@ -1303,6 +1305,10 @@ def validate_email(address):
     if len(address) > 255 or not EMAIL.fullmatch(address):
         raise APIError(422, "Unable to validate email address: invalid format")
     return address.lower()
+
+
+def email_taken():
+    return APIError(422, "Email address already registered by another user")
 
 
 def check_password(password):
@@ -1666,13 +1672,13 @@ def update_user():
         elif p["email"] and p["email"].lower() != user["email"]:
             new_email = validate_email(p["email"])
             if find_user_by_email(new_email, user["aud"]):
-                raise APIError(422, "Email address already registered by another user")
+                raise email_taken()
             user["email_change"] = new_email  # the address changes once the new one confirms
             changed += ["email_change", *new_link("email_change", user)]
         try:
             save_user(user, *changed)
         except A.db.IntegrityError:
-            raise APIError(422, "Email address already registered by another user")
+            raise email_taken()
         entries = [audit(user, "user_modified")]
     if new_email:  # the mail goes to the new address
         mail_link("email_change", user, before, entries)
@@ -1685,7 +1691,7 @@ def confirm_email_change(user, token):
     if not user["email_change_token"] or not same_secret(token, user["email_change_token"]):
         raise APIError(401, "Email Change Token didn't match token on file")
     if find_user_by_email(user["email_change"], user["aud"]):
-        raise APIError(422, "Email address already registered by another user")
+        raise email_taken()
     user["email"], user["email_change"], user["email_change_token"] = user["email_change"], "", ""
     return ["email", "email_change", "email_change_token"]
 
@@ -1698,9 +1704,8 @@ def invite():
     p = read_params("Could not read Invite params", email=str, data=dict)
     email_ = validate_email(p["email"])
     aud = request_aud()  # the body's aud only chose who may act; the invitee gets the request's
-    taken = APIError(422, "Email address already registered by another user")
     if find_user_by_email(email_, aud):
-        raise taken
+        raise email_taken()
     user = new_user(email_, "", aud, p["data"])
     webhook("validate", user)
     new_link("invite", user)
@@ -1709,7 +1714,7 @@ def invite():
             insert_user(user)
             entries = [audit(actor, "user_invited", user)]
     except A.db.IntegrityError:
-        raise taken from None
+        raise email_taken() from None
     mail_link("invite", user, None, entries)
     return reply(user_json(user))
 
@@ -1794,13 +1799,16 @@ def admin_export_users():
     return list_users(with_password=True)
 
 
+ADMIN_USER_FIELDS = dict(email=str, password=str, aud=str, role=str, confirm=bool, user_metadata=dict,
+                         app_metadata=dict)
+
+
 @app.post("/admin/users")
 @app.post("/admin/users/")
 def admin_create_user():
     actor, aud = require_admin()
     require_email_provider()
-    p = read_params("Could not decode admin user params", email=str, password=str, aud=str, role=str,
-                    confirm=bool, user_metadata=dict, app_metadata=dict)
+    p = read_params("Could not decode admin user params", **ADMIN_USER_FIELDS)
     email_ = validate_email(p["email"])
     aud = p["aud"] or request_aud()
     # Unlike upstream, no password means no password (not the hash of ""): nobody can log in
@@ -1814,11 +1822,11 @@ def admin_create_user():
     try:
         with A.db.transaction():
             if find_user_by_email(email_, aud):
-                raise APIError(422, "Email address already registered by another user")
+                raise email_taken()
             insert_user(user)
             audit(actor, "user_signedup", user)
     except A.db.IntegrityError:
-        raise APIError(422, "Email address already registered by another user")
+        raise email_taken()
     return reply(user_json(user))
 
 
@@ -1845,8 +1853,7 @@ def admin_get_user(user_id):
 def admin_update_user(user_id):
     actor, _ = require_admin()
     load_user(user_id)
-    p = read_params("Could not decode admin user params", email=str, password=str, aud=str, role=str,
-                    confirm=bool, user_metadata=dict, app_metadata=dict)
+    p = read_params("Could not decode admin user params", **ADMIN_USER_FIELDS)
     password_hash = hash_password(check_password(p["password"])) if p["password"] else None
     new_email = validate_email(p["email"]) if p["email"] else None
     try:
@@ -1872,7 +1879,7 @@ def admin_update_user(user_id):
             save_user(user, *changed)
             audit(actor, "user_modified", user)
     except A.db.IntegrityError:
-        raise APIError(422, "Email address already registered by another user")
+        raise email_taken()
     fire_and_log("usermodified", user)
     return reply(user_json(user))
 
