@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import signal
@@ -42,12 +43,15 @@ import bcrypt
 import bottle
 import jwt
 import pymysql
+import waitress.channel
+import waitress.server
+import waitress.task
 from dotenv import dotenv_values
 
 VERSION = "0.1.0"
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = "20261123000001"  # the newest migration in schema.sql; the server requires it
+SCHEMA_VERSION = "20261203000001"  # the newest migration in schema.sql; the server requires it
 log = logging.getLogger("gotrue")
 
 # PyJWT warns about short HMAC keys on every call; we warn once at start instead.
@@ -66,7 +70,7 @@ class ConfigError(Exception):
 
 
 PROVIDERS = ("bitbucket", "github", "gitlab", "google", "facebook")
-MAIL_KINDS = ("invite", "confirmation", "recovery", "email_change")
+MAIL_KINDS = ("invite", "confirmation", "recovery", "email_change", "signup_attempt")  # the last is ours
 LOG_LEVELS = {"panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR,
               "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG, "trace": logging.DEBUG}
@@ -103,6 +107,10 @@ SETTINGS = [
     ("JWT_ADMIN_GROUP_NAME", str, "admin"),
     ("JWT_DEFAULT_GROUP_NAME", str, ""),
     ("JWT_REFRESH_TOKEN_LIFETIME", int, 2592000),
+    ("JWT_REFRESH_TOKEN_REUSE_INTERVAL", int, 10),  # ours: a rotated token replayed within it revokes nothing
+    ("SECURITY_HIDE_EXISTING_USERS", bool, False),  # ours: /signup does not tell that an address is taken
+    ("SECURITY_LOGIN_MAX_FAILURES", int, 5),        # ours: failed logins of one account before a back-off
+    ("SECURITY_CLIENT_MAX_FAILURES", int, 30),      # ours: failed logins of one client before a back-off
     ("BCRYPT_COST", int, 10),                     # ours: lower it only to speed up tests
     ("SMTP_HOST", str, ""),
     ("SMTP_PORT", int, 587),
@@ -243,6 +251,9 @@ class Config:
             raise ConfigError("GOTRUE_BCRYPT_COST: must be between 4 and 31")
         if self.api_threads < 1:
             raise ConfigError("GOTRUE_API_THREADS: must be at least 1")
+        for name in ("JWT_REFRESH_TOKEN_REUSE_INTERVAL", "SECURITY_LOGIN_MAX_FAILURES", "SECURITY_CLIENT_MAX_FAILURES"):
+            if getattr(self, name.lower()) < 0:
+                raise ConfigError(f"GOTRUE_{name}: must not be negative")
         if self.site_url and not urllib.parse.urlsplit(self.site_url).netloc:
             raise ConfigError(f"GOTRUE_SITE_URL: {self.site_url!r} is not an absolute URL")
         database_params(self)  # raises ConfigError for a malformed DATABASE_URL
@@ -290,7 +301,8 @@ def setup_logging(cfg):
 # names in braces ({users}); the namespace prefix and the driver's placeholder style are
 # filled in once per statement and cached. Each thread keeps its own connection.
 
-TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries", "user_counts")
+TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries", "user_counts", "rate_limits",
+          "one_time_tokens")
 MYSQL_LOST = (0, 2006, 2013, 2055)  # connection gone: reconnect and try once more
 
 
@@ -537,10 +549,41 @@ def password_matches(user, password):
         return False
 
 
+MAX_JSON_DEPTH = 32  # nesting levels of stored metadata (ours: deeper JSON is refused at write time)
+MAX_METADATA_BYTES = 16 * 1024  # encoded size of each metadata object (ours; it travels in every token)
+
+
+def json_depth(value):
+    """How many containers deep `value` nests, counted level by level (no recursion to exhaust)."""
+    depth, level = 0, [value]
+    while level:
+        level = [v for v in level if isinstance(v, (dict, list))]
+        depth += bool(level)
+        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def metadata_problem(value):
+    """Why `value` may not be stored as metadata, or None."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        return f"nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        return f"too large (at most {MAX_METADATA_BYTES // 1024} KB)"
+    return None
+
+
 def load_meta(raw):
+    """Reads are total: metadata that another writer left undecodable or absurdly deep shows
+    as {} (and is logged) instead of breaking every request that touches the user."""
     if raw in (None, "", b""):
         return {}
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise ValueError("nested too deeply")
+    except (ValueError, RecursionError) as e:
+        log.warning("unreadable metadata in the database (%s): shown as {}", str(e)[:80])
+        return {}
     return value if isinstance(value, dict) else {}
 
 
@@ -646,8 +689,8 @@ def save_user(user, *columns):
     upstream forgets to persist."""
     user["updated_at"] = now()
     row = user_row(user)
-    names = [{"app_metadata": "raw_app_meta_data", "user_metadata": "raw_user_meta_data"}.get(c, c)
-             for c in (*columns, "updated_at")]
+    names = list(dict.fromkeys({"app_metadata": "raw_app_meta_data", "user_metadata": "raw_user_meta_data"}.get(c, c)
+                               for c in (*columns, "updated_at")))
     A.db.execute("UPDATE {users} SET %s WHERE id = ?" % ", ".join(n + " = ?" for n in names),
                  *[row[n] for n in names], user["id"])
 
@@ -690,12 +733,19 @@ def is_admin(user, aud):
         (user.get("aud") or "") == (aud or A.cfg.jwt_aud) and user.get("role") == A.cfg.jwt_admin_group_name)
 
 
-def access_token(user):
+def session_of(refresh_token):
+    """The `session_id` claim of the access tokens issued with a refresh token (ours): lets a
+    password change keep the session that made it. A hash, so the claim reveals no token."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()[:32]
+
+
+def access_token(user, refresh_token):
     claims = {}
     if user.get("aud"):
         claims["aud"] = user["aud"]
     claims.update(exp=int(time.time()) + A.cfg.jwt_exp, sub=user["id"], email=user.get("email") or "",
-                  app_metadata=user["app_metadata"], user_metadata=user["user_metadata"])
+                  app_metadata=user["app_metadata"], user_metadata=user["user_metadata"],
+                  session_id=session_of(refresh_token))
     return jwt.encode(claims, A.cfg.jwt_secret, algorithm="HS256", headers={"kid": "nf-ident"})
 
 
@@ -726,9 +776,19 @@ def revoke_descendants(token):
             token = child["token"]
 
 
+def revoke_sessions(user, keep=None):
+    """End every session of the user but the one whose `session_id` is `keep`: after a password
+    change no other device keeps refreshing (upstream leaves them all valid)."""
+    rows = A.db.query("SELECT id, token FROM {refresh_tokens} WHERE user_id = ? AND revoked = ?", user["id"], False)
+    for row in rows:
+        if session_of(row["token"]) != keep:
+            A.db.execute("UPDATE {refresh_tokens} SET revoked = ?, updated_at = ? WHERE id = ?", True, now(), row["id"])
+
+
 def token_response(user, parent=None):
-    return {"access_token": access_token(user), "token_type": "bearer", "expires_in": A.cfg.jwt_exp,
-            "refresh_token": issue_refresh_token(user, parent)}
+    refresh = issue_refresh_token(user, parent)
+    return {"access_token": access_token(user, refresh), "token_type": "bearer", "expires_in": A.cfg.jwt_exp,
+            "refresh_token": refresh}
 
 
 OPERATOR = {"id": NIL_UUID, "email": "operator@netlify.com", "user_metadata": {}, "is_super_admin": True}
@@ -755,6 +815,98 @@ def audit(actor, action, target=None):
     return entry
 
 
+# --- limits ---------------------------------------------------------------------------------
+# Every limit lives in the rate_limits table, so that all gotrue processes on one database share
+# it and a restart resets nothing. A bucket is named by a hash of what it counts (no address is
+# stored); rows are pruned once they no longer block anything.
+
+MAX_BACKOFF = 900  # seconds: the longest a run of failed logins blocks
+
+
+def bucket(*parts):
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def prune_limits():
+    if secrets.randbelow(256) == 0:  # now and then is enough to keep the table bounded
+        A.db.execute("DELETE FROM {rate_limits} WHERE expires_at < ?", now())
+
+
+def claim_slot(name, seconds):
+    """Take the bucket for `seconds` unless it is taken. Atomic across processes: of concurrent
+    claims exactly one wins (a conditional UPDATE, else an INSERT under the primary key)."""
+    if seconds <= 0:
+        return True
+    prune_limits()
+    stamp = now()
+    until = stamp + dt.timedelta(seconds=seconds)
+    if A.db.execute("UPDATE {rate_limits} SET hits = hits + 1, blocked_until = ?, expires_at = ?"
+                    " WHERE bucket = ? AND blocked_until <= ?", until, until, name, stamp):
+        return True
+    try:
+        A.db.execute("INSERT INTO {rate_limits} (bucket, hits, blocked_until, expires_at) VALUES (?, 1, ?, ?)",
+                     name, until, until)
+        return True
+    except A.db.IntegrityError:
+        return False
+
+
+def release_slot(name):
+    A.db.execute("DELETE FROM {rate_limits} WHERE bucket = ?", name)
+
+
+def mail_slot(kind, address):
+    """One mail of a kind per recipient per SMTP_MAX_FREQUENCY, whichever audience or account
+    asks for it (upstream throttles per account, so 20 audiences meant 20 mails)."""
+    return bucket("mail", kind, address.lower())
+
+
+def blocked_for(names):
+    """Seconds until all the buckets let a request through (0: now), and whether any exists."""
+    rows = A.db.query("SELECT blocked_until FROM {rate_limits} WHERE bucket IN (%s)" % ", ".join("?" * len(names)),
+                      *names)
+    stamp = now()
+    waits = [(db_time(r["blocked_until"]) - stamp).total_seconds() for r in rows if r["blocked_until"]]
+    return max([0, *[int(w) + 1 for w in waits if w > 0]]), bool(rows)
+
+
+def record_failure(name, threshold):
+    """One more failure in a row: from the threshold on, the bucket blocks for a time that
+    doubles with each failure (1 s, 2 s, 4 s ... MAX_BACKOFF). A day without failures forgets."""
+    stamp = now()
+    with A.db.transaction():
+        row = A.db.one("SELECT hits FROM {rate_limits} WHERE bucket = ?" + A.db.for_update, name)
+        hits = (row["hits"] if row else 0) + 1
+        until = stamp + dt.timedelta(seconds=min(2 ** (hits - threshold), MAX_BACKOFF)) if hits >= threshold else None
+        args = (hits, until, stamp + dt.timedelta(days=1), name)
+        if row:
+            A.db.execute("UPDATE {rate_limits} SET hits = ?, blocked_until = ?, expires_at = ? WHERE bucket = ?", *args)
+        else:
+            with contextlib.suppress(A.db.IntegrityError):  # a concurrent first failure counted
+                A.db.execute("INSERT INTO {rate_limits} (hits, blocked_until, expires_at, bucket) VALUES (?, ?, ?, ?)",
+                             *args)
+
+
+@contextlib.contextmanager
+def mail_slot_claimed(kind, address, required=False):
+    """Claim the recipient's mail slot for a request; yields whether it was free (`required`:
+    a 429 when it is not). A request that fails before its mail is out gives the slot back."""
+    name = mail_slot(kind, address)
+    claimed = claim_slot(name, A.cfg.smtp_max_frequency)
+    if required and not claimed:
+        raise APIError(429, "Rate limit exceeded, try again later")
+    try:
+        yield claimed
+    except BaseException:
+        if claimed:
+            release_slot(name)
+        raise
+
+
+def clear_buckets(names):
+    A.db.execute("DELETE FROM {rate_limits} WHERE bucket IN (%s)" % ", ".join("?" * len(names)), *names)
+
+
 # ============================================================================================
 # Mail
 # ============================================================================================
@@ -762,7 +914,8 @@ def audit(actor, action, target=None):
 # written in upstream's `{{ .Name }}` syntax so that existing templates keep working.
 
 SUBJECTS = {"invite": "You have been invited", "confirmation": "Confirm Your Signup",
-            "recovery": "Reset Your Password", "email_change": "Confirm Email Change"}
+            "recovery": "Reset Your Password", "email_change": "Confirm Email Change",
+            "signup_attempt": "Someone tried to sign up with your address"}
 TEMPLATE_VAR = re.compile(r"\{\{\s*\.([A-Za-z_][\w.]*)\s*\}\}")
 TEMPLATE_TTL = 300  # seconds a fetched template is reused before it is fetched again
 
@@ -842,8 +995,9 @@ def send_mail(kind, to, token, user, new_email=""):
     body = render(mail_template(kind), data)
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["Subject"] = render(getattr(cfg, f"mailer_subjects_{kind}") or SUBJECTS[kind], data, escape=False)
-    msg["From"] = cfg.smtp_admin_email or f"noreply@{A.mail_domain}"
-    msg["To"] = mail_address(to)
+    sender, recipient = cfg.smtp_admin_email or f"noreply@{A.mail_domain}", mail_address(to)
+    msg["From"] = sender
+    msg["To"] = recipient  # the validated address itself: it holds no encoded words to decode
     msg["Date"] = email.utils.formatdate(usegmt=True)
     msg["Message-ID"] = email.utils.make_msgid(domain=A.mail_domain)
     msg.set_content(html_to_text(body))
@@ -862,8 +1016,8 @@ def send_mail(kind, to, token, user, new_email=""):
         with smtp:
             if cfg.smtp_user:
                 smtp.login(cfg.smtp_user, cfg.smtp_pass)
-            smtp.send_message(msg)
-    except (OSError, smtplib.SMTPException) as e:
+            smtp.send_message(msg, sender, [recipient])  # the envelope is never read back from headers
+    except (OSError, UnicodeError, smtplib.SMTPException) as e:
         log.error("sending the %s mail via %s:%s failed: %s", kind, cfg.smtp_host, cfg.smtp_port,
                   str(e).replace(cfg.smtp_pass or "\0", "***"))
         raise MailError(kind) from None
@@ -875,6 +1029,39 @@ class MailError(Exception):
 
 def expired(sent_at, max_age):
     return bool(sent_at) and now() > db_time(sent_at) + dt.timedelta(seconds=max_age)
+
+
+class AfterAnswer:
+    """One worker thread for work that runs after the response (a bounded queue: when it is
+    full the request is refused with a 503 rather than growing without limit)."""
+
+    def __init__(self):
+        self.queue = queue.Queue(maxsize=1000)
+        self.thread = None
+        self.lock = threading.Lock()
+
+    def submit(self, fn, *args):
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="after-answer", daemon=True)
+                self.thread.start()
+        try:
+            self.queue.put_nowait((fn, args))
+        except queue.Full:
+            raise APIError(503, "Too many requests in progress, try again later") from None
+
+    def run(self):
+        while True:
+            fn, args = self.queue.get()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s failed after the answer", fn.__name__)
+            finally:
+                self.queue.task_done()
+
+
+AFTER_ANSWER = AfterAnswer()
 
 
 # A mail is sent only after the change that holds its token is committed, so that no database
@@ -915,6 +1102,7 @@ def mail_link(kind, user, before, audit_ids=()):
     try:
         send_mail(kind, to, user[LINKS[kind][0]], user, user["email_change"] if kind == "email_change" else "")
     except MailError:
+        release_slot(mail_slot(kind, to))
         with A.db.transaction():
             if before is None:
                 delete_user(user)
@@ -1157,6 +1345,9 @@ def reply(body, status=200, headers=()):
     return resp
 
 
+NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]  # on what carries tokens or a user
+
+
 def api_plugin(callback):
     def wrapper(*args, **kwargs):
         try:
@@ -1178,19 +1369,41 @@ def api_plugin(callback):
 
 app.install(api_plugin)
 MAIL_ERRORS = {"confirmation": "Error sending confirmation mail", "invite": "Error inviting user",
-               "recovery": "Error recovering user", "email_change": "Error sending change email"}
+               "recovery": "Error recovering user", "email_change": "Error sending change email",
+               "signup_attempt": "Error sending confirmation mail"}  # as a real signup's: reveals nothing
 
 
 @app.error(404)
 def not_found(_):
-    bottle.response.content_type = "text/plain; charset=utf-8"
-    return "404 page not found\n"
+    bottle.response.content_type = "application/json"
+    return json_bytes({"code": 404, "msg": "Not Found"})
 
 
 @app.error(405)
 def not_allowed(_):
     bottle.response.content_type = "application/json"
     return json_bytes({"code": 405, "msg": "Method Not Allowed"})
+
+
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
+class JSONErrorTask(waitress.task.ErrorTask):
+    """waitress answers malformed requests itself (bad request line, bad Content-Length, a
+    chunked body over the limit): in our JSON error shape, not its text."""
+
+    def execute(self):
+        error = self.request.error
+        body = json_bytes({"code": error.code, "msg": f"{error.reason}: {error.body}".rstrip(": ")})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers += [("Content-Type", "application/json"), NOSNIFF]
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JSONErrorChannel(waitress.channel.HTTPChannel):
+    error_task_class = JSONErrorTask
 
 
 def wsgi(environ, start_response):
@@ -1206,7 +1419,7 @@ def wsgi(environ, start_response):
 
     def start(status, headers, exc_info=None):
         status_seen.append(status)
-        headers.append(("Vary", "Origin"))
+        headers += [("Vary", "Origin"), NOSNIFF]
         if origin and method in CORS_METHODS:
             headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true")]
         return start_response(status, headers, exc_info)
@@ -1228,7 +1441,7 @@ def wsgi(environ, start_response):
 
 
 def preflight(environ, start_response, origin):
-    headers = [("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers")]
+    headers = [("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"), NOSNIFF]
     wanted = environ["HTTP_ACCESS_CONTROL_REQUEST_METHOD"].upper()
     asked = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
     names = [h.strip().lower() for h in asked.split(",") if h.strip()]
@@ -1284,6 +1497,10 @@ def read_params(context, **fields):
                 raise ValueError(f"{name} must be {TYPE_NAMES[kind]}")
     except ValueError as e:
         raise APIError(400, f"{context}: {e}")
+    for name, kind in fields.items():  # every object field is metadata, stored and put in tokens
+        problem = kind is dict and body.get(name) is not None and metadata_problem(body[name])
+        if problem:
+            raise APIError(422, f"{context}: {name} is {problem}")
     return {name: body.get(name) for name in fields}
 
 
@@ -1302,7 +1519,8 @@ def form_params():
 def validate_email(address):
     if not address:
         raise APIError(422, "An email address is required")
-    if len(address) > 255 or not EMAIL.fullmatch(address):
+    # "=?" opens an RFC 2047 encoded word, which mail libraries decode into other addresses
+    if len(address) > 255 or "=?" in address or not EMAIL.fullmatch(address):
         raise APIError(422, "Unable to validate email address: invalid format")
     return address.lower()
 
@@ -1337,18 +1555,19 @@ def cookie_header(token=None):
     """Set (token given, mode from x-use-cookie) or clear the JWT cookie."""
     name = A.cfg.cookie_key
     if token is None:
-        return ("Set-Cookie", f"{name}=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Secure")
+        return ("Set-Cookie", f"{name}=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Secure;"
+                              " SameSite=Lax")
     extra = ""
     if request.get_header("X-Use-Cookie") != "session":
         expires = email.utils.formatdate(time.time() + A.cfg.cookie_duration, usegmt=True)
         extra = f"; Expires={expires}; Max-Age={A.cfg.cookie_duration}"
-    return ("Set-Cookie", f"{name}={token}; Path=/{extra}; HttpOnly; Secure")
+    return ("Set-Cookie", f"{name}={token}; Path=/{extra}; HttpOnly; Secure; SameSite=Lax")
 
 
 def token_reply(user, parent=None):
     tokens = token_response(user, parent)
     wants_cookie = request.get_header("X-Use-Cookie") and A.cfg.cookie_duration > 0
-    return reply(tokens, headers=[cookie_header(tokens["access_token"])] if wants_cookie else [])
+    return reply(tokens, headers=NO_STORE + ([cookie_header(tokens["access_token"])] if wants_cookie else []))
 
 
 def bearer_token():
@@ -1448,40 +1667,66 @@ def signup():
     password_hash = hash_password(check_password(p["password"]))
     for attempt in (1, 2):
         try:
-            return reply(user_json(sign_up(find_user_by_email(email_, aud), email_, password_hash, aud, p["data"])))
+            user = find_user_by_email(email_, aud)
+            if user and user["confirmed_at"]:
+                return reply(user_json(signup_of_taken_address(user, aud, p["data"])))
+            return reply(user_json(sign_up(user, email_, p["password"], password_hash, aud, p["data"])))
         except A.db.IntegrityError:
             if attempt == 2:  # a concurrent signup inserted it: the second pass sees that user
                 raise
 
 
-def sign_up(user, email_, password_hash, aud, data):
-    """Create the user, or refresh an unconfirmed signup of the same address (its password
-    stays); then confirm it (autoconfirm) or mail a confirmation (throttled)."""
-    if user and user["confirmed_at"]:
-        raise APIError(400, "A user with this email address has already been registered")
+def sign_up(user, email_, password, password_hash, aud, data):
+    """Create the user, or take over an unconfirmed signup of the same address; then confirm it
+    (autoconfirm) or mail a confirmation (at most one per SMTP_MAX_FREQUENCY and recipient).
+
+    An unconfirmed account belongs to nobody yet: the latest signup's password and data replace
+    the pending ones (upstream kept the first signup's password, so whoever signed up a victim's
+    address first could log in once the victim confirmed). Each password gets its own link, so a
+    link confirms the password of the signup that asked for it; a resubmission with the same
+    password keeps the link already mailed."""
     before = dict(user) if user else None
     if user is None:
-        user = new_user(email_, password_hash, aud, data)
+        user, new_password = new_user(email_, password_hash, aud, data), True
         webhook("validate", user)
-    elif data is not None:
-        user["user_metadata"] = merge_meta(user["user_metadata"], data)
-    autoconfirm = A.cfg.mailer_autoconfirm
-    if autoconfirm:
+    else:
+        new_password = not password_matches(user, password)
+        user["encrypted_password"], user["user_metadata"] = password_hash, merge_meta({}, data or {})
+    if A.cfg.mailer_autoconfirm:
         webhook("signup", user)
         user["confirmed_at"], user["confirmation_token"] = now(), ""
-    with A.db.transaction():
-        if before is None:
-            if not autoconfirm:
-                new_link("confirmation", user)
-            insert_user(user)
-            mailing = not autoconfirm
-        else:
-            save_user(user, "user_metadata", "app_metadata", "confirmed_at", "confirmation_token")
-            mailing = not autoconfirm and store_link("confirmation", user)
-        if autoconfirm:
+        with A.db.transaction():
+            store_signup(user, before)
             audit(user, "user_signedup")
-    if mailing:
-        mail_link("confirmation", user, before)
+        return user
+    with mail_slot_claimed("confirmation", email_) as mailing:
+        if mailing or new_password:
+            new_link("confirmation", user)
+        with A.db.transaction():
+            store_signup(user, before)
+        if mailing:
+            mail_link("confirmation", user, before)
+    return user
+
+
+def store_signup(user, before):
+    if before is None:
+        insert_user(user)
+    else:
+        save_user(user, "encrypted_password", "user_metadata", "app_metadata", "confirmed_at", "confirmation_token",
+                  "confirmation_sent_at")
+
+
+def signup_of_taken_address(owner, aud, data):
+    """Upstream's 400, or with SECURITY_HIDE_EXISTING_USERS (ours) the answer a new signup gets,
+    for a user that is never stored, and a note to the owner (throttled like confirmations)."""
+    if not A.cfg.security_hide_existing_users:
+        raise APIError(400, "A user with this email address has already been registered")
+    user = new_user(owner["email"], "", aud, data)
+    user["confirmed_at" if A.cfg.mailer_autoconfirm else "confirmation_sent_at"] = now()
+    with mail_slot_claimed("signup_attempt", owner["email"]) as mailing:
+        if mailing:
+            send_mail("signup_attempt", owner["email"], "", owner)
     return user
 
 
@@ -1520,6 +1765,12 @@ def verify():
         if A.db.execute(f"UPDATE {{users}} SET {column} = '' WHERE id = ? AND {column} = ?", user["id"], token) != 1:
             raise APIError(404, "User not found")
         user[column] = ""
+        if p["type"] == "recovery":
+            # the address owner is back in: other sessions end, and on an account nobody had
+            # confirmed, the password someone else may have set stops working (the owner sets one)
+            revoke_sessions(user)
+            if confirming:
+                user["encrypted_password"] = ""
         if confirming:
             user["confirmed_at"] = now()
             save_user(user, "confirmed_at", "encrypted_password", "app_metadata", "user_metadata")
@@ -1529,37 +1780,33 @@ def verify():
 
 @app.post("/recover")
 def recover():
+    """Answers the same, at once, for known and unknown addresses: the lookup, the token and
+    the mail happen after the answer, so neither the answer nor its timing tells whether the
+    address has an account. The window is per address whether or not it exists, so a 429
+    reveals nothing either; it is kept in the database (all processes, across restarts)."""
     require_email_provider()
     p = read_params("Could not read verification params", email=str)
     if not p["email"]:
         raise APIError(422, "Password recovery requires an email")
-    aud, address = request_aud(), p["email"].lower()
-    # Throttle by address whether or not it exists, so a 429 reveals nothing (upstream only
-    # ever throttles known users). A request whose mail failed does not count.
-    key = hashlib.sha256(f"{aud}\0{address}".encode()).digest()
-    with A.lock:
-        last = A.recover_requests.get(key)
-        if last and A.cfg.smtp_max_frequency > 0 and last + A.cfg.smtp_max_frequency >= time.monotonic():
-            raise APIError(429, "Rate limit exceeded, try again later")
-        if len(A.recover_requests) > 100000:
-            A.recover_requests.clear()
-        A.recover_requests[key] = time.monotonic()
-    try:
-        user = find_user_by_email(address, aud)
-        if user:
-            before = dict(user)
-            with A.db.transaction():
-                # a mail sent recently (by another process, or before a restart): say nothing and
-                # send nothing, exactly as for an unknown address
-                mailing = store_link("recovery", user)
-                entries = [audit(user, "user_recovery_requested")] if mailing else []
-            if mailing:
-                mail_link("recovery", user, before, entries)
-    except Exception:
-        with A.lock:
-            A.recover_requests.pop(key, None)
-        raise
+    address, aud = validate_email(p["email"]), request_aud()
+    with mail_slot_claimed("recovery", address, required=True):
+        AFTER_ANSWER.submit(send_recovery, address, aud)
     return reply({})
+
+
+def send_recovery(address, aud):
+    user = find_user_by_email(address, aud)
+    if not user:
+        return
+    before = dict(user)
+    with A.db.transaction():
+        if not store_link("recovery", user):  # mailed within the window (by upstream's binary, say)
+            return
+        entry = audit(user, "user_recovery_requested")
+    try:
+        mail_link("recovery", user, before, [entry])
+    except MailError:
+        pass  # undone and logged; the client was told nothing either way
 
 
 @app.post("/token")
@@ -1576,12 +1823,32 @@ def token():
     raise oauth_error("unsupported_grant_type")
 
 
+def login_buckets(username, aud):
+    """(bucket, threshold) of the failed logins counted for this attempt: the account (known
+    or not, so a 429 reveals nothing) and the client (RATE_LIMIT_HEADER's value, else the peer)."""
+    cfg = A.cfg
+    client = request.get_header(cfg.rate_limit_header, "") if cfg.rate_limit_header else request.remote_addr
+    pairs = [(bucket("login", aud, username.lower()), cfg.security_login_max_failures),
+             (bucket("client", client or ""), cfg.security_client_max_failures)]
+    return [(name, threshold) for name, threshold in pairs if threshold > 0]
+
+
 def password_grant(username, password):
     """Unknown email and wrong password look the same, and take the same bcrypt time;
-    'Email not confirmed' is only said to someone who knows the password."""
-    user = find_user_by_email(username, request_aud()) if username else None
+    'Email not confirmed' is only said to someone who knows the password. Runs of failures
+    per account and per client back off (ours: upstream lets a script try passwords forever)."""
+    aud = request_aud()
+    buckets = login_buckets(username, aud)
+    wait, counted = blocked_for([name for name, _ in buckets]) if buckets else (0, False)
+    if wait:
+        raise APIError(429, "Too many failed login attempts, try again later", headers=[("Retry-After", str(wait))])
+    user = find_user_by_email(username, aud) if username else None
     if not password_matches(user, password):
+        for name, threshold in buckets:
+            record_failure(name, threshold)
         raise oauth_error("invalid_grant", "No user found with that email, or password invalid.")
+    if counted:
+        clear_buckets([name for name, _ in buckets])
     if not user["confirmed_at"]:
         raise oauth_error("invalid_grant", "Email not confirmed")
     webhook("login", user)
@@ -1603,8 +1870,11 @@ def refresh_grant(token):
     if not user:
         raise oauth_error("invalid_grant", "Invalid Refresh Token")
     if row["revoked"]:
-        log.warning("revoked refresh token reused user_id=%s: revoking its descendants", user["id"])
-        revoke_descendants(token)
+        # another tab that refreshed at the same moment is not a thief: within the reuse
+        # interval a replay is refused but revokes nothing
+        if expired(row["updated_at"], A.cfg.jwt_refresh_token_reuse_interval):
+            log.warning("revoked refresh token reused user_id=%s: revoking its descendants", user["id"])
+            revoke_descendants(token)
         raise oauth_error("invalid_grant", "Invalid Refresh Token", headers=[cookie_header()])
     if expired(row["created_at"], A.cfg.jwt_refresh_token_lifetime):
         raise oauth_error("invalid_grant", "Refresh token expired", headers=[cookie_header()])
@@ -1641,7 +1911,7 @@ def get_user():
         raise APIError(400, "Could not read User ID claim")
     if request_aud(claims) != (claims.get("aud") or ""):
         raise APIError(400, "Token audience doesn't match request audience")
-    return reply(user_json(current_user(claims)))
+    return reply(user_json(current_user(claims)), headers=NO_STORE)
 
 
 @app.put("/user")
@@ -1650,15 +1920,27 @@ def update_user():
     claims = require_claims()
     p = read_params("Could not read User Update params", email=str, password=str, email_change_token=str,
                     data=dict, app_metadata=dict)
-    current_user(claims)  # a 404 before any bcrypt work
+    me = current_user(claims)  # a 404 before any bcrypt work
     password_hash = hash_password(check_password(p["password"])) if p["password"] else None
     new_email = None
+    if p["email"] and not p["email_change_token"] and p["email"].lower() != me["email"]:
+        new_email = validate_email(p["email"])  # the address changes once the new one confirms
+    # one change mail per recipient and window, whoever asks (ours: upstream mails every time)
+    with mail_slot_claimed("email_change", new_email, required=True) if new_email else contextlib.nullcontext():
+        user, before, entries = apply_user_update(claims, p, password_hash, new_email)
+        if new_email:  # the mail goes to the new address
+            mail_link("email_change", user, before, entries)
+    return reply(user_json(user), headers=NO_STORE)
+
+
+def apply_user_update(claims, p, password_hash, new_email):
     with A.db.transaction():
         user = current_user(claims, lock=True)  # read-modify-write: concurrent updates queue here
         before, changed = dict(user), []
         if password_hash:
             user["encrypted_password"] = password_hash
             changed.append("encrypted_password")
+            revoke_sessions(user, keep=claims.get("session_id"))  # other devices sign in again
         if p["data"] is not None:
             user["user_metadata"] = merge_meta(user["user_metadata"], p["data"])
             changed.append("user_metadata")
@@ -1669,20 +1951,16 @@ def update_user():
             changed.append("app_metadata")
         if p["email_change_token"]:
             changed += confirm_email_change(user, p["email_change_token"].strip())
-        elif p["email"] and p["email"].lower() != user["email"]:
-            new_email = validate_email(p["email"])
+        elif new_email:
             if find_user_by_email(new_email, user["aud"]):
                 raise email_taken()
-            user["email_change"] = new_email  # the address changes once the new one confirms
+            user["email_change"] = new_email
             changed += ["email_change", *new_link("email_change", user)]
         try:
             save_user(user, *changed)
         except A.db.IntegrityError:
             raise email_taken()
-        entries = [audit(user, "user_modified")]
-    if new_email:  # the mail goes to the new address
-        mail_link("email_change", user, before, entries)
-    return reply(user_json(user))
+        return user, before, [audit(user, "user_modified")]
 
 
 def confirm_email_change(user, token):
@@ -1702,20 +1980,28 @@ def confirm_email_change(user, token):
 def invite():
     actor, aud = require_admin()
     p = read_params("Could not read Invite params", email=str, data=dict)
-    email_ = validate_email(p["email"])
-    aud = request_aud()  # the body's aud only chose who may act; the invitee gets the request's
-    if find_user_by_email(email_, aud):
+    email_ = validate_email(p["email"])  # the invitee joins the audience the admin check approved
+    user = find_user_by_email(email_, aud)
+    if user and user["confirmed_at"]:
         raise email_taken()
-    user = new_user(email_, "", aud, p["data"])
-    webhook("validate", user)
-    new_link("invite", user)
-    try:
-        with A.db.transaction():
-            insert_user(user)
-            entries = [audit(actor, "user_invited", user)]
-    except A.db.IntegrityError:
-        raise email_taken() from None
-    mail_link("invite", user, None, entries)
+    before = dict(user) if user else None
+    if user:  # unconfirmed: nobody owns it yet, so the invite replaces whatever signup made it
+        user["encrypted_password"], user["user_metadata"] = "", merge_meta({}, p["data"] or {})
+    else:
+        user = new_user(email_, "", aud, p["data"])
+    with mail_slot_claimed("invite", email_, required=True):
+        webhook("validate", user)
+        new_link("invite", user)
+        try:
+            with A.db.transaction():
+                if before:
+                    save_user(user, "encrypted_password", "user_metadata", "confirmation_token", "invited_at")
+                else:
+                    insert_user(user)
+                entries = [audit(actor, "user_invited", user)]
+        except A.db.IntegrityError:
+            raise email_taken() from None
+        mail_link("invite", user, before, entries)
     return reply(user_json(user))
 
 
@@ -1830,13 +2116,16 @@ def admin_create_user():
     return reply(user_json(user))
 
 
-def load_user(user_id, lock=False):
+def load_user(user_id, actor, aud, lock=False):
+    """The user an admin acts on. An admin acts in the one audience its check approved: a user
+    of another audience is not found (upstream lets it read, change and delete them); the
+    operator and super admins act in every audience."""
     try:
         user_id = str(uuid.UUID(user_id))
     except ValueError:
         raise APIError(400, "user_id must be an UUID")
     user = find_user_by_id(user_id, lock)
-    if not user:
+    if not user or not (actor.get("is_super_admin") or (user["aud"] or "") == aud):
         raise APIError(404, "User not found")
     return user
 
@@ -1844,31 +2133,32 @@ def load_user(user_id, lock=False):
 @app.get("/admin/users/<user_id>")
 @app.get("/admin/users/<user_id>/")
 def admin_get_user(user_id):
-    require_admin()
-    return reply(user_json(load_user(user_id)))
+    return reply(user_json(load_user(user_id, *require_admin())))
 
 
 @app.put("/admin/users/<user_id>")
 @app.put("/admin/users/<user_id>/")
 def admin_update_user(user_id):
-    actor, _ = require_admin()
-    load_user(user_id)
+    actor, aud = require_admin()
+    load_user(user_id, actor, aud)
     p = read_params("Could not decode admin user params", **ADMIN_USER_FIELDS)
     password_hash = hash_password(check_password(p["password"])) if p["password"] else None
     new_email = validate_email(p["email"]) if p["email"] else None
     try:
         with A.db.transaction():
-            user = load_user(user_id, lock=True)
+            user = load_user(user_id, actor, aud, lock=True)
             changed = []
             if p["role"]:
                 user["role"] = p["role"].strip()
                 changed.append("role")
             if p["confirm"] and not user["confirmed_at"]:
-                user["confirmed_at"] = now()
-                changed.append("confirmed_at")
+                # the admin vouches for the address, not for whoever set the pending password
+                user["confirmed_at"], user["encrypted_password"] = now(), ""
+                changed += ["confirmed_at", "encrypted_password"]
             if password_hash:
                 user["encrypted_password"] = password_hash
                 changed.append("encrypted_password")
+                revoke_sessions(user)
             if new_email and new_email != user["email"]:
                 user["email"] = new_email
                 changed.append("email")
@@ -1887,9 +2177,9 @@ def admin_update_user(user_id):
 @app.delete("/admin/users/<user_id>")
 @app.delete("/admin/users/<user_id>/")
 def admin_delete_user(user_id):
-    actor, _ = require_admin()
+    actor, aud = require_admin()
     with A.db.transaction():
-        user = load_user(user_id, lock=True)
+        user = load_user(user_id, actor, aud, lock=True)
         audit(actor, "user_deleted", user)
         delete_user(user)  # and its refresh tokens, which upstream leaves behind
     fire_and_log("userdeleted", user)
@@ -1912,7 +2202,7 @@ def fire_and_log(event, user):
 @app.route("/admin/<rest:path>", ["GET", "POST", "PUT", "DELETE"])
 def admin_unknown(rest):
     require_admin()  # as upstream: credentials are checked before the path is
-    return not_found(None)
+    raise APIError(404, "Not Found")
 
 
 AUDIT_SCOPES = {"author": "(LOWER({actor_email}) LIKE ? ESCAPE '!' OR LOWER({actor_name}) LIKE ? ESCAPE '!')",
@@ -1957,7 +2247,6 @@ def create_app(cfg, check_schema=True):
 
 
 def serve(cfg):
-    import waitress.server
     if not cfg.site_url:
         cfg.site_url = f"http://localhost:{cfg.api_port}"
         log.warning("GOTRUE_SITE_URL is not set: mail links will point to %s", cfg.site_url)
@@ -1966,6 +2255,7 @@ def serve(cfg):
     server = waitress.server.create_server(wsgi, host=cfg.api_host or "0.0.0.0", port=cfg.api_port,
                                            threads=cfg.api_threads, max_request_body_size=2 * MAX_BODY,
                                            ident="gotrue", clear_untrusted_proxy_headers=True)
+    server.channel_class = JSONErrorChannel
 
     def stop(signum, frame):
         raise SystemExit(0)  # waitress catches it, stops accepting and lets its threads finish

@@ -16,6 +16,7 @@ import sys
 
 import gotrue
 
+UNIQUE_KEYS_VERSION = "20261123000001"  # the migration that adds our unique keys
 SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 
 
@@ -83,7 +84,7 @@ def apply(db, where):
         if versions[0].startswith("2017") and db.names["users"] in tables:
             raise MigrationError(f"{where} already has a {db.names['users']} table that schema_migration does "
                                  "not account for; check DB_NAMESPACE or the database name")
-        if versions[0] == gotrue.SCHEMA_VERSION:
+        if versions[0] == UNIQUE_KEYS_VERSION:
             problems = find_duplicates(db)
             if problems:
                 raise MigrationError("cannot add the unique keys: these duplicates must be merged or removed first:\n"

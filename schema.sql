@@ -89,3 +89,28 @@ CREATE TABLE {ns}user_counts (
   PRIMARY KEY (instance_id, aud)
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci */;
 CREATE INDEX {ns}audit_log_entries_instance_created_idx ON {ns}audit_log_entries (instance_id, created_at, id);
+
+-- migration: 20261203000001 gotrue.py: limits and throttles kept in the database (shared by every process), one-time codes of external logins
+-- rate_limits: one row per bucket (a SHA-256 of what it counts: a recipient and mail kind, an
+-- account's failed logins, a client); `hits` counts, `blocked_until` is when the bucket next lets
+-- a request through, `expires_at` when the row may be pruned.
+CREATE TABLE {ns}rate_limits (
+  bucket varchar(64) NOT NULL,
+  hits bigint NOT NULL DEFAULT 0,
+  blocked_until timestamp NULL DEFAULT NULL,
+  expires_at timestamp NULL DEFAULT NULL,
+  PRIMARY KEY (bucket)
+) /*! ENGINE=InnoDB DEFAULT CHARSET=ascii */;
+CREATE INDEX {ns}rate_limits_expires_idx ON {ns}rate_limits (expires_at);
+-- one_time_tokens: an external login's browser nonce once consumed, and the PKCE authorization
+-- codes waiting to be exchanged; only hashes are stored.
+CREATE TABLE {ns}one_time_tokens (
+  token_hash varchar(64) NOT NULL,
+  kind varchar(32) NOT NULL,
+  instance_id varchar(255) DEFAULT NULL,
+  user_id varchar(255) DEFAULT NULL,
+  data text,
+  expires_at timestamp NULL DEFAULT NULL,
+  PRIMARY KEY (token_hash)
+) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci */;
+CREATE INDEX {ns}one_time_tokens_expires_idx ON {ns}one_time_tokens (expires_at);

@@ -212,9 +212,17 @@ class Server:
         return rows[0] if rows else None
 
     def backdate(self, email, column, seconds):
-        """Move a user's timestamp into the past: how tests make time pass."""
+        """Move a user's timestamp into the past: how tests make time pass. The limits kept in
+        the database (mail windows, login back-offs) age by as much."""
         past = gotrue.now() - gotrue.dt.timedelta(seconds=seconds)
         assert self.sql(f"UPDATE {{users}} SET {column} = ? WHERE email = ?", past, email.lower()) == 1
+        self.age_limits(seconds)
+
+    def age_limits(self, seconds):
+        step = gotrue.dt.timedelta(seconds=seconds)
+        for row in self.sql("SELECT bucket, blocked_until, expires_at FROM {rate_limits}"):
+            moved = [gotrue.db_time(row[k]) - step if row[k] else None for k in ("blocked_until", "expires_at")]
+            self.sql("UPDATE {rate_limits} SET blocked_until = ?, expires_at = ? WHERE bucket = ?", *moved, row["bucket"])
 
     # flows used by many tests
     def signup(self, email=None, password="secret-pw", headers=None, **body):

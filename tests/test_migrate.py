@@ -89,7 +89,7 @@ def test_fresh_database_then_no_op(fresh):
     env, workdir = fresh
     first = run_migrate(env, workdir)
     assert first.returncode == 0, first.stderr
-    assert "applied 20261123000001" in first.stdout and "2 migrations applied" in first.stdout
+    assert "applied 20261123000001" in first.stdout and "3 migrations applied" in first.stdout
     second = run_migrate(env, workdir)
     assert second.returncode == 0 and "0 migrations applied" in second.stdout and "applied 2" not in second.stdout
     db = database(env)

@@ -54,7 +54,7 @@ def test_unknown_and_known_addresses_look_alike(server, mailbox):
         replies = [server.post("/recover", json={"email": a}) for a in (address, address.upper(), address)]
         answers[address] = [(r.status_code, r.json()) for r in replies]
     assert answers[known] == answers[unknown] == [(200, {}), (429, THROTTLED), (429, THROTTLED)]
-    assert len(mailbox.to(known)) == 2 and mailbox.to(unknown) == []
+    assert mailbox.wait_for(known, 2) and len(mailbox.to(known)) == 2 and mailbox.to(unknown) == []
     assert server.user_row(unknown) is None
 
 

@@ -21,7 +21,8 @@ def test_password_grant_issues_upstreams_jwt(server):
     header = jwt.get_unverified_header(tokens["access_token"])
     assert header == {"alg": "HS256", "kid": "nf-ident", "typ": "JWT"}
     payload = claims(server, tokens["access_token"])
-    assert list(payload) == ["exp", "sub", "email", "app_metadata", "user_metadata"]  # no aud when it is ""
+    # no aud when it is ""; session_id (ours) names the session, so a password change can keep it
+    assert list(payload) == ["exp", "sub", "email", "app_metadata", "user_metadata", "session_id"]
     assert payload["sub"] == user["id"] and payload["email"] == email
     assert payload["app_metadata"] == {"provider": "email"} and payload["user_metadata"] == {"name": "Bo"}
     assert abs(payload["exp"] - (time.time() + 3600)) < 120
@@ -74,7 +75,10 @@ def test_refresh_rotates_and_a_reused_token_revokes_its_successor(server):
     assert second.status_code == 200
     second = second.json()
     assert second["refresh_token"] != first["refresh_token"]
-    # the old token again: refused, the cookie cleared, and the token made from it revoked
+    # the old token again, past the reuse interval (10 s): refused, the cookie cleared, and the
+    # token made from it revoked
+    server.sql("UPDATE {refresh_tokens} SET updated_at = ? WHERE token = ?",
+               gotrue.now() - gotrue.dt.timedelta(seconds=11), first["refresh_token"])
     reuse = server.post("/token", data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]})
     assert reuse.status_code == 400 and reuse.json()["error_description"] == "Invalid Refresh Token"
     assert reuse.headers["Set-Cookie"].startswith("nf_jwt=; Path=/; Expires=Thu, 01 Jan 1970")
@@ -106,7 +110,7 @@ def test_cookie_modes(server):
     server.confirmed_user(email)
     r = server.post("/token", data={"grant_type": "password", "username": email, "password": "secret-pw"},
                     headers={"X-Use-Cookie": "session"})
-    assert r.headers["Set-Cookie"] == f"nf_jwt={r.json()['access_token']}; Path=/; HttpOnly; Secure"
+    assert r.headers["Set-Cookie"] == f"nf_jwt={r.json()['access_token']}; Path=/; HttpOnly; Secure; SameSite=Lax"
     r = server.post("/token", data={"grant_type": "password", "username": email, "password": "secret-pw"})
     assert "Set-Cookie" not in r.headers
 
