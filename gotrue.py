@@ -69,7 +69,7 @@ class ConfigError(Exception):
     """Bad configuration: reported as one line naming the variable, before anything starts."""
 
 
-PROVIDERS = ("bitbucket", "github", "gitlab", "google", "facebook")
+PROVIDERS = ("bitbucket", "github", "gitlab", "google", "facebook", "oidc")  # oidc: any OpenID provider (ours)
 MAIL_KINDS = ("invite", "confirmation", "recovery", "email_change", "signup_attempt")  # the last is ours
 LOG_LEVELS = {"panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR,
               "warn": logging.WARNING, "warning": logging.WARNING, "info": logging.INFO,
@@ -131,6 +131,9 @@ SETTINGS = [
       for p in PROVIDERS
       for field, kind, default in (("ENABLED", bool, False), ("CLIENT_ID", str, ""),
                                    ("SECRET", str, ""), ("REDIRECT_URI", str, ""), ("URL", str, ""))],
+    ("EXTERNAL_OIDC_NAME", str, "oidc"),             # ours: how /settings and /authorize name it
+    ("EXTERNAL_OIDC_SCOPES", str, "openid email profile"),
+    ("EXTERNAL_TIMEOUT_SEC", int, 10),               # ours: bounds each call to a provider
     ("EXTERNAL_EMAIL_DISABLED", bool, False),
     ("EXTERNAL_SAML_ENABLED", bool, False),
     ("EXTERNAL_SAML_METADATA_URL", str, "", "METADATA_URL"),
@@ -251,6 +254,8 @@ class Config:
             raise ConfigError("GOTRUE_BCRYPT_COST: must be between 4 and 31")
         if self.api_threads < 1:
             raise ConfigError("GOTRUE_API_THREADS: must be at least 1")
+        if self.external_timeout_sec < 1:
+            raise ConfigError("GOTRUE_EXTERNAL_TIMEOUT_SEC: must be at least 1")
         for name in ("JWT_REFRESH_TOKEN_REUSE_INTERVAL", "SECURITY_LOGIN_MAX_FAILURES", "SECURITY_CLIENT_MAX_FAILURES"):
             if getattr(self, name.lower()) < 0:
                 raise ConfigError(f"GOTRUE_{name}: must not be negative")
@@ -572,29 +577,40 @@ def metadata_problem(value):
     return None
 
 
+def refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+STRICT_JSON = json.JSONDecoder(parse_constant=refuse_constant)  # no NaN or Infinity
+
+
 def load_meta(raw):
     """Reads are total: metadata that another writer left undecodable or absurdly deep shows
     as {} (and is logged) instead of breaking every request that touches the user."""
     if raw in (None, "", b""):
         return {}
     try:
-        value = json.loads(raw)
+        value = STRICT_JSON.decode(raw if isinstance(raw, str) else raw.decode("utf-8"))
         if json_depth(value) > MAX_JSON_DEPTH:
             raise ValueError("nested too deeply")
-    except (ValueError, RecursionError) as e:
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
         log.warning("unreadable metadata in the database (%s): shown as {}", str(e)[:80])
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def merge_meta(stored, patch):
-    """Upstream's merge: top-level keys replace, a null value deletes the key."""
+    """Upstream's merge: top-level keys replace, a null value deletes the key. What comes out
+    is held to the limits too, so that no series of merges grows past them."""
     merged = dict(stored or {})
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
         else:
             merged[key] = value
+    problem = metadata_problem(merged)
+    if problem:
+        raise APIError(422, f"The merged metadata would be {problem}")
     return merged
 
 
@@ -1129,7 +1145,7 @@ class BlockedAddress(OSError):
 
 
 def watch_socket(sock):
-    if not A.cfg.webhook_allow_private_networks:
+    if not HOOK.allow_private:
         ip = ipaddress.ip_address(sock.getpeername()[0])
         ip = getattr(ip, "ipv4_mapped", None) or ip
         if not ip.is_global:
@@ -1187,9 +1203,10 @@ def public_url(url):
 class AttemptDeadline:
     """Shuts the attempt's sockets down when its time is up; `expired` tells why a read failed."""
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, allow_private):
         self.expired = False
         self.sockets = HOOK.sockets = []
+        HOOK.allow_private = allow_private
         self.timer = threading.Timer(seconds, self.expire)
 
     def expire(self):
@@ -1215,10 +1232,10 @@ class HookTimeout(Exception):
     pass
 
 
-def deliver_once(opener, req, seconds):
+def deliver_once(opener, req, seconds, allow_private):
     """One attempt: (status, body), or HookTimeout when the attempt as a whole overran (a
     socket cut by the deadline may also end a reply early that looks complete)."""
-    deadline = AttemptDeadline(seconds)
+    deadline = AttemptDeadline(seconds, allow_private)
     try:
         with deadline, opener.open(req, timeout=seconds) as resp:
             result = resp.status, resp.read(1 << 20)
@@ -1248,7 +1265,7 @@ def post_webhook(event, body):
     for attempt in range(1, cfg.webhook_retries + 1):
         try:
             status, reply = deliver_once(opener, urllib.request.Request(url, body, headers, method="POST"),
-                                         cfg.webhook_timeout_sec)
+                                         cfg.webhook_timeout_sec, cfg.webhook_allow_private_networks)
         except HookTimeout:
             log.warning("webhook %s to %s timed out (attempt %d of %d)", event, shown, attempt, cfg.webhook_retries)
             if attempt == cfg.webhook_retries:
@@ -1288,6 +1305,352 @@ def webhook(event, user):
     for key in ("app_metadata", "user_metadata"):
         if data.get(key) is not None:
             user[key] = data[key]
+
+
+# ============================================================================================
+# External providers
+# ============================================================================================
+# OAuth2 authorization-code logins. One table says where each provider lives and one small
+# reader per provider turns its answers into (emails, metadata); the flow itself is shared.
+# Every call goes through the webhooks' guarded urllib opener with a whole-call deadline
+# (EXTERNAL_TIMEOUT_SEC), so a provider that hangs costs a worker that long and no longer.
+# Provider codes, tokens and answers are never logged.
+
+class Provider:
+    def __init__(self, authorize, token, api, custom_api, scope):
+        self.authorize, self.token, self.api, self.custom_api, self.scope = authorize, token, api, custom_api, scope
+
+
+OAUTH = {  # upstream's endpoints; a custom URL keeps each path and replaces scheme and host
+    "github": Provider("https://github.com/login/oauth/authorize", "https://github.com/login/oauth/access_token",
+                       "https://api.github.com", "/api/v3", "user:email"),
+    "gitlab": Provider("https://gitlab.com/oauth/authorize", "https://gitlab.com/oauth/token",
+                       "https://gitlab.com/api/v4", "/api/v4", "read_user"),
+    "google": Provider("https://accounts.google.com/o/oauth2/auth", "https://accounts.google.com/o/oauth2/token",
+                       "https://www.googleapis.com", "", "email profile"),
+    "bitbucket": Provider("https://bitbucket.org/site/oauth2/authorize",
+                          "https://bitbucket.org/site/oauth2/access_token", "https://api.bitbucket.org/2.0", "/2.0",
+                          "account email"),
+    "facebook": Provider("https://www.facebook.com/dialog/oauth", "https://graph.facebook.com/oauth/access_token",
+                         "https://graph.facebook.com", "", "email"),
+}
+STATE_LIFETIME = 300  # seconds between /authorize and /callback
+CODE_LIFETIME = 300  # seconds a PKCE authorization code waits to be exchanged
+NONCE_COOKIE = "nf_oauth_state"
+
+
+class Profile:
+    """What a provider says of its user: [(email, verified, primary)] and user metadata."""
+
+    def __init__(self, emails, metadata):
+        self.emails = [(e.lower(), bool(v), bool(p)) for e, v, p in emails if isinstance(e, str) and e]
+        self.metadata = {k: v for k, v in metadata.items() if v}
+
+
+def provider_setting(name, field):
+    return getattr(A.cfg, f"external_{name}_{field}")
+
+
+def provider_name(asked):
+    """The configured provider that `asked` names (case-insensitive; OIDC also by its NAME)."""
+    asked = (asked or "").strip().lower()
+    if asked and asked == A.cfg.external_oidc_name.lower():
+        return "oidc"
+    return asked if asked in PROVIDERS else None
+
+
+def provider_problem(name):
+    """Why the provider cannot be used (upstream's texts), or None."""
+    if name is None:
+        return "Provider could not be found"
+    for field, problem in (("enabled", "Provider is not enabled"), ("client_id", "Missing Oauth client ID"),
+                           ("secret", "Missing Oauth secret"), ("redirect_uri", "Missing redirect URI")):
+        if not provider_setting(name, field):
+            return problem
+    return None
+
+
+def usable_provider(asked):
+    name = provider_name(asked)
+    problem = provider_problem(name)
+    if problem:
+        if name is None:
+            problem = f"Provider {asked} could not be found"
+        raise APIError(400, f"Unsupported provider: {problem}")
+    return name
+
+
+def provider_call(url, form=None, headers=()):
+    """One call to a provider: the parsed JSON answer, or ProviderError. A form posts it."""
+    req = urllib.request.Request(url, urllib.parse.urlencode(form).encode() if form else None,
+                                 {"Accept": "application/json", "User-Agent": f"gotrue.py/{VERSION}", **dict(headers)})
+    try:
+        status, body = deliver_once(hook_opener(), req, A.cfg.external_timeout_sec, allow_private=True)
+        if not 200 <= status < 300:
+            raise ProviderError(f"status {status}", status)
+        text = body.decode("utf-8")
+        if text.lstrip().startswith(("{", "[")):
+            return json.loads(text)
+        return dict(urllib.parse.parse_qsl(text))  # older token endpoints answer a form
+    except HookTimeout:
+        raise ProviderError("timed out") from None
+    except (OSError, ValueError, RecursionError, urllib.error.URLError) as e:
+        raise ProviderError(type(e).__name__) from None
+
+
+class ProviderError(Exception):
+    def __init__(self, reason, status=None):
+        super().__init__(reason)
+        self.status = status
+
+
+def oidc_endpoints():
+    """The OpenID provider's discovery document (cached an hour). It, and every endpoint it
+    names, must be HTTPS unless on loopback: the userinfo answer is trusted as is."""
+    cached = A.fetched.get("oidc")
+    if cached and cached[0] > time.monotonic():
+        return cached[1]
+    doc = provider_call(provider_setting("oidc", "url").rstrip("/") + "/.well-known/openid-configuration")
+    endpoints = {k: doc.get(k) for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint")}
+    for url in endpoints.values():
+        parts = urllib.parse.urlsplit(url if isinstance(url, str) else "")
+        if not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))):
+            raise ProviderError("discovery names an endpoint that is not HTTPS")
+    A.fetched["oidc"] = (time.monotonic() + 3600, endpoints)
+    return endpoints
+
+
+def is_loopback(host):
+    try:
+        return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def endpoints(name):
+    """(authorize URL, token URL, API base) of a provider, honouring its custom URL."""
+    if name == "oidc":
+        found = oidc_endpoints()
+        return found["authorization_endpoint"], found["token_endpoint"], found["userinfo_endpoint"]
+    p, base = OAUTH[name], provider_setting(name, "url").rstrip("/")
+    if not base:
+        return p.authorize, p.token, p.api
+    path = lambda url: urllib.parse.urlsplit(url).path  # noqa: E731
+    return base + path(p.authorize), base + path(p.token), base + p.custom_api
+
+
+def exchange_code(name, code):
+    """The provider's access token for `code`: client credentials by Basic auth, and once more
+    as form fields when the provider refuses those (as Go's oauth2 package does)."""
+    client_id, secret = provider_setting(name, "client_id"), provider_setting(name, "secret")
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": provider_setting(name, "redirect_uri")}
+    basic = base64.b64encode(f"{urllib.parse.quote(client_id)}:{urllib.parse.quote(secret)}".encode()).decode()
+    try:
+        answer = provider_call(endpoints(name)[1], form, [("Authorization", "Basic " + basic)])
+    except ProviderError as e:
+        if e.status not in (400, 401):
+            raise
+        answer = provider_call(endpoints(name)[1], {**form, "client_id": client_id, "client_secret": secret})
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token:
+        raise ProviderError("no access token in the answer")
+    return token
+
+
+def github_profile(get):
+    user = get("/user")
+    emails = [(e.get("email"), e.get("verified"), e.get("primary")) for e in get("/user/emails")]
+    return Profile(emails, {"full_name": user.get("name"), "avatar_url": user.get("avatar_url")})
+
+
+def gitlab_profile(get):
+    user = get("/user")
+    emails = [(e.get("email"), False, False) for e in get("/user/emails")]
+    emails.append((user.get("email"), bool(user.get("confirmed_at")), True))
+    return Profile(emails, {"full_name": user.get("name"), "avatar_url": user.get("avatar_url")})
+
+
+def google_profile(get):
+    me = get("/userinfo/v2/me")
+    return Profile([(me.get("email"), me.get("verified_email"), True)],
+                   {"full_name": me.get("name"), "avatar_url": me.get("picture")})
+
+
+def bitbucket_profile(get):
+    user = get("/user")
+    emails = [(e.get("email"), e.get("is_confirmed"), e.get("is_primary")) for e in get("/user/emails")["values"]]
+    return Profile(emails, {"full_name": user.get("display_name"), "avatar_url": (user.get("avatar") or {}).get("href")})
+
+
+def facebook_profile(get, token):
+    proof = hmac.new(provider_setting("facebook", "secret").encode(), token.encode(), hashlib.sha256).hexdigest()
+    me = get("/me?" + urllib.parse.urlencode({"fields": "email,first_name,last_name,name,picture",
+                                              "appsecret_proof": proof}))
+    name = f"{me.get('first_name') or ''} {me.get('last_name') or ''}".strip()
+    picture = ((me.get("picture") or {}).get("data") or {}).get("url")
+    return Profile([(me.get("email"), True, True)], {"slug": me.get("name"), "full_name": name, "avatar_url": picture})
+
+
+def oidc_profile(get):
+    info = get("")  # the API base of OIDC is its userinfo endpoint
+    return Profile([(info.get("email"), info.get("email_verified") is True, True)],
+                   {"full_name": info.get("name"), "avatar_url": info.get("picture")})
+
+
+PROFILES = {"github": github_profile, "gitlab": gitlab_profile, "google": google_profile,
+            "bitbucket": bitbucket_profile, "oidc": oidc_profile}
+
+
+def fetch_profile(name, code):
+    """Exchange the code and read the profile; each failure as upstream reports it."""
+    try:
+        token = exchange_code(name, code)
+    except ProviderError as e:
+        log.warning("external login via %s: code exchange failed (%s)", name, e)
+        raise APIError(500, f"Unable to exchange external code for {name} provider")
+    api = endpoints(name)[2]
+
+    def get(path):
+        return provider_call(api + path, headers=[("Authorization", "Bearer " + token)])
+    try:
+        profile = facebook_profile(get, token) if name == "facebook" else PROFILES[name](get)
+        if not profile.emails:
+            raise ProviderError("no email")
+        return profile
+    except (ProviderError, AttributeError, KeyError, TypeError) as e:
+        log.warning("external login via %s: reading the profile failed (%s)", name, type(e).__name__)
+        raise APIError(500, "Error getting user email from external provider")
+
+
+# --- state, browser binding and one-time codes ---------------------------------------------
+
+def state_key():
+    """Upstream signs the state with OPERATOR_TOKEN; without one (ours makes it optional), a key
+    derived from JWT_SECRET, so that no state can be made from an access token's key alone."""
+    return A.cfg.operator_token or hmac.new(A.cfg.jwt_secret.encode(), b"gotrue.py oauth state",
+                                            hashlib.sha256).hexdigest()
+
+
+def digest(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_state(token):
+    if not token:
+        raise APIError(400, "OAuth state parameter missing")
+    try:
+        claims = jwt.decode(token, state_key(), algorithms=["HS256"], options={"require": ["exp"]})
+        if not isinstance(claims.get("provider"), str):
+            raise jwt.InvalidTokenError("no provider")
+    except jwt.PyJWTError as e:
+        raise APIError(400, f"OAuth state is invalid: {e}")
+    return claims
+
+
+def consume_state(claims, nonce):
+    """The state must come back in the browser that started the flow (the cookie's nonce), and
+    only once: upstream's state can be replayed by anyone for five minutes (login CSRF)."""
+    if not nonce or not same_secret(digest(nonce), claims.get("nonce")):
+        raise APIError(403, "OAuth state does not belong to this browser or was already used")
+    try:
+        A.db.execute("INSERT INTO {one_time_tokens} (token_hash, kind, instance_id, expires_at) VALUES (?, ?, ?, ?)",
+                     digest(nonce), "oauth_state", NIL_UUID,
+                     dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).replace(tzinfo=None))
+    except A.db.IntegrityError:
+        raise APIError(403, "OAuth state does not belong to this browser or was already used") from None
+    if secrets.randbelow(64) == 0:
+        A.db.execute("DELETE FROM {one_time_tokens} WHERE expires_at < ?", now())
+
+
+def issue_code(user, challenge):
+    """A PKCE authorization code: single use, short-lived, stored hashed."""
+    code = secrets.token_urlsafe(32)
+    A.db.execute("INSERT INTO {one_time_tokens} (token_hash, kind, instance_id, user_id, data, expires_at)"
+                 " VALUES (?, ?, ?, ?, ?, ?)", digest(code), "pkce", NIL_UUID, user["id"], challenge,
+                 now() + dt.timedelta(seconds=CODE_LIFETIME))
+    return code
+
+
+def redeem_code(code, verifier):
+    """The user a PKCE code was issued to, if the verifier matches; a code is burnt by its first
+    use, right or wrong."""
+    row = A.db.one("SELECT * FROM {one_time_tokens} WHERE token_hash = ? AND kind = ?", digest(code), "pkce")
+    if not row or A.db.execute("DELETE FROM {one_time_tokens} WHERE token_hash = ?", row["token_hash"]) != 1:
+        return None
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    if db_time(row["expires_at"]) < now() or not same_secret(challenge, row["data"]):
+        return None
+    return find_user_by_id(row["user_id"])
+
+
+# --- account resolution ---------------------------------------------------------------------
+
+def external_account(name, profile, state):
+    """The user a provider login lands on, made or confirmed as needed (spec §7.5), and
+    whether tokens may be issued (not while the chosen email awaits confirmation)."""
+    if state.get("invite_token"):
+        return accept_invite_externally(name, profile, state["invite_token"]), True
+    cfg, aud = A.cfg, request_aud()
+    trusted = [e for e in profile.emails if e[1] or cfg.mailer_autoconfirm]
+    for email_, verified, _ in trusted:
+        user = find_user_by_email(email_, aud)
+        if user:
+            return sign_in_externally(user, verified or cfg.mailer_autoconfirm), True
+    if cfg.disable_signup:
+        raise APIError(403, "Signups not allowed for this instance")
+    email_, verified, _ = next((e for e in profile.emails if e[2]), profile.emails[0])
+    user = new_user(email_, "", aud, profile.metadata, provider=name)
+    webhook("validate", user)
+    if verified or cfg.mailer_autoconfirm:
+        return sign_in_externally(user, True, new=True), True
+    with mail_slot_claimed("confirmation", email_) as mailing:
+        new_link("confirmation", user)
+        with A.db.transaction():
+            insert_user(user)
+        if mailing:
+            mail_link("confirmation", user, None)
+    return user, False
+
+
+def sign_in_externally(user, verified, new=False):
+    """Log a user in through a provider; an unconfirmed account is confirmed by the verified
+    email, and any password a signup left on it stops working (nobody owned it until now)."""
+    confirming = not user["confirmed_at"]
+    webhook("signup" if confirming else "login", user)
+    with A.db.transaction():
+        if confirming:
+            user["confirmed_at"], user["encrypted_password"], user["confirmation_token"] = now(), "", ""
+        user["last_sign_in_at"] = now()
+        if new:
+            insert_user(user)
+        else:
+            save_user(user, "confirmed_at", "encrypted_password", "confirmation_token", "last_sign_in_at",
+                      "app_metadata", "user_metadata")
+        audit(user, "user_signedup" if confirming else "login")
+    return user
+
+
+def accept_invite_externally(name, profile, invite_token):
+    """Upstream accepts any provider email, verified or not, and never expires the invite;
+    here the invited address must be among the provider's verified emails, in time."""
+    user = find_user_by_token("confirmation_token", invite_token)
+    if not user or not user["invited_at"]:
+        raise APIError(404, "User not found")
+    if expired(user["invited_at"], A.cfg.mailer_invite_max_age):
+        raise APIError(400, "Invite expired")
+    if user["email"] not in [e for e, verified, _ in profile.emails if verified]:
+        raise APIError(400, "Invited email does not match emails from external provider")
+    user["app_metadata"] = merge_meta(user["app_metadata"], {"provider": name})
+    user["user_metadata"] = merge_meta(user["user_metadata"], profile.metadata)
+    webhook("signup", user)
+    with A.db.transaction():
+        if A.db.execute("UPDATE {users} SET confirmation_token = '' WHERE id = ? AND confirmation_token = ?",
+                        user["id"], invite_token) != 1:
+            raise APIError(404, "User not found")
+        user["confirmed_at"], user["last_sign_in_at"], user["confirmation_token"] = now(), now(), ""
+        save_user(user, "confirmed_at", "last_sign_in_at", "app_metadata", "user_metadata")
+        audit(user, "invite_accepted")
+    return user
 
 
 # ============================================================================================
@@ -1477,13 +1840,6 @@ def json_body():
     return value
 
 
-def refuse_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-STRICT_JSON = json.JSONDecoder(parse_constant=refuse_constant)  # no NaN or Infinity
-
-
 TYPE_NAMES = {str: "a string", dict: "an object", bool: "a boolean"}
 
 
@@ -1644,12 +2000,23 @@ def health():
                   "version": VERSION})
 
 
+@app.get("/openapi.yaml")
+def openapi():
+    """The contract of this API, OpenAPI 3.1 (ours)."""
+    with open(os.path.join(HERE, "openapi.yaml"), "rb") as f:
+        return bottle.HTTPResponse(f.read(), 200, {"Content-Type": "application/yaml"})
+
+
 @app.get("/settings")
 def settings():
     cfg = A.cfg
-    external = {p: getattr(cfg, f"external_{p}_enabled") for p in PROVIDERS}
+    # a provider shows as enabled only when it can be used (upstream shows the bare flag)
+    external = {p: not provider_problem(p) for p in PROVIDERS if p != "oidc"}
     external.update(email=not cfg.external_email_disabled, saml=cfg.external_saml_enabled)
     labels = {"saml": cfg.external_saml_name} if cfg.external_saml_name else {}
+    if cfg.external_oidc_enabled:
+        external[cfg.external_oidc_name] = not provider_problem("oidc")
+        labels[cfg.external_oidc_name] = cfg.external_oidc_name
     return reply({"external": external, "external_labels": labels, "disable_signup": cfg.disable_signup,
                   "autoconfirm": cfg.mailer_autoconfirm})
 
@@ -1820,6 +2187,8 @@ def token():
         return password_grant(params.get("username", ""), params.get("password", ""))
     if grant == "refresh_token":
         return refresh_grant(params.get("refresh_token", ""))
+    if grant == "authorization_code":
+        return code_grant(params.get("code", ""), params.get("code_verifier", ""))
     raise oauth_error("unsupported_grant_type")
 
 
@@ -1972,6 +2341,111 @@ def confirm_email_change(user, token):
         raise email_taken()
     user["email"], user["email_change"], user["email_change_token"] = user["email_change"], "", ""
     return ["email", "email_change", "email_change_token"]
+
+
+# --- external logins --------------------------------------------------------------------------
+
+PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+OAUTH_CODES = {400: "invalid_request", 401: "unauthorized_client", 403: "access_denied", 500: "server_error",
+               503: "temporarily_unavailable"}
+
+
+@app.get("/authorize")
+def authorize():
+    """Send the browser to the provider, with a signed state and a nonce cookie that binds the
+    flow to this browser. With a PKCE challenge (ours) the flow ends in a one-time code."""
+    query = request.query
+    name = usable_provider(query.getunicode("provider"))
+    invite = (query.getunicode("invite_token") or "").strip()
+    if invite and not find_user_by_token("confirmation_token", invite):
+        raise APIError(404, "User not found")
+    state = {"exp": int(time.time()) + STATE_LIFETIME, "site_url": A.cfg.site_url, "id": NIL_UUID,
+             "netlify_id": "", "function_hooks": {}, "provider": query.getunicode("provider") or name}
+    if invite:
+        state["invite_token"] = invite
+    referrer = request.get_header("Referer", "")
+    if referrer and urllib.parse.urlsplit(referrer).hostname == urllib.parse.urlsplit(A.cfg.site_url).hostname:
+        state["referrer"] = referrer
+    state.update(pkce_challenge(query))
+    nonce = secrets.token_urlsafe(24)
+    state["nonce"] = digest(nonce)
+    try:
+        authorize_url = endpoints(name)[0]
+    except ProviderError:
+        raise APIError(500, f"Unable to reach the {name} provider") from None
+    params = {"client_id": provider_setting(name, "client_id"), "redirect_uri": provider_setting(name, "redirect_uri"),
+              "response_type": "code", "scope": A.cfg.external_oidc_scopes if name == "oidc" else OAUTH[name].scope,
+              "state": jwt.encode(state, state_key(), algorithm="HS256")}
+    secure = "; Secure" if provider_setting(name, "redirect_uri").startswith("https:") else ""
+    cookie = f"{NONCE_COOKIE}={nonce}; Path=/; Max-Age={STATE_LIFETIME}; HttpOnly; SameSite=Lax{secure}"
+    separator = "&" if "?" in authorize_url else "?"
+    return reply(None, 302, [("Location", authorize_url + separator + urllib.parse.urlencode(params)),
+                             ("Set-Cookie", cookie)])
+
+
+def pkce_challenge(query):
+    challenge, method = query.getunicode("code_challenge"), query.getunicode("code_challenge_method")
+    if not challenge and not method:
+        return {}
+    if method != "S256":
+        raise APIError(400, "Unsupported code_challenge_method: only S256")
+    if not PKCE_CHALLENGE.fullmatch(challenge or ""):
+        raise APIError(400, "Invalid code_challenge")
+    return {"code_challenge": challenge}
+
+
+@app.get("/callback")
+def callback():
+    """Back from the provider. A bad state is a JSON 400; after that, every outcome is a
+    redirect to the site, with tokens (or a PKCE code) or an error in the URL."""
+    state = read_state(request.query.getunicode("state"))
+    target = A.cfg.external_redirecturl or state.get("referrer") or A.cfg.site_url
+    clear = ("Set-Cookie", f"{NONCE_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+    try:
+        suffix = finish_external_login(state)
+    except MailError as e:
+        suffix = "#" + urllib.parse.urlencode({"error": "server_error", "error_description": MAIL_ERRORS[e.args[0]]})
+    except APIError as e:
+        code = e.oauth or OAUTH_CODES.get(e.status, "server_error")
+        suffix = "#" + urllib.parse.urlencode({"error": code, "error_description": e.msg})
+    if suffix.startswith("?"):  # a query goes before any fragment the target has
+        base, hash_, fragment = target.partition("#")
+        target, suffix = base + ("&" if "?" in base else "?") + suffix[1:], hash_ + fragment
+    return reply(None, 302, [("Location", target + suffix), clear])
+
+
+def finish_external_login(state):
+    query = request.query
+    consume_state(state, request.get_cookie(NONCE_COOKIE))
+    if query.get("error"):
+        raise APIError(400, query.getunicode("error_description") or "", oauth=query.getunicode("error"))
+    if not query.get("code"):
+        raise APIError(400, "Authorization code missing")
+    name = usable_provider(state["provider"])
+    user, signed_in = external_account(name, fetch_profile(name, query.getunicode("code")), state)
+    if not signed_in:
+        return ""
+    log.info("login metering=true action=login login_method=%s user_id=%s", name, user["id"])
+    if state.get("code_challenge"):
+        return "?" + urllib.parse.urlencode({"code": issue_code(user, state["code_challenge"])})
+    with A.db.transaction():
+        tokens = token_response(user)
+    return "#" + urllib.parse.urlencode({"access_token": tokens["access_token"], "expires_in": tokens["expires_in"],
+                                         "refresh_token": tokens["refresh_token"], "token_type": "bearer"})
+
+
+def code_grant(code, verifier):
+    """The README's authorization_code grant (ours; upstream refuses it): a PKCE code from
+    /callback and its verifier give the usual token response."""
+    if not code:
+        raise oauth_error("invalid_request", "code required")
+    if not verifier:
+        raise oauth_error("invalid_request", "code_verifier required")
+    user = redeem_code(code, verifier)
+    if not user:
+        raise oauth_error("invalid_grant", "Invalid authorization code")
+    with A.db.transaction():
+        return token_reply(user)
 
 
 # --- admin endpoints ------------------------------------------------------------------------

@@ -15,7 +15,10 @@ def test_health(server):
 
 
 def test_settings(make_server, engine):
-    server = make_server(engine, GOTRUE_EXTERNAL_GITHUB_ENABLED="true", GOTRUE_EXTERNAL_SAML_NAME="TestSamlName")
+    # a provider counts as enabled once it is usable: enabled, with client id, secret and redirect URI
+    complete = {f"GOTRUE_EXTERNAL_GITHUB_{k}": "x" for k in ("CLIENT_ID", "SECRET", "REDIRECT_URI")}
+    server = make_server(engine, GOTRUE_EXTERNAL_GITHUB_ENABLED="true", GOTRUE_EXTERNAL_GITLAB_ENABLED="true",
+                         GOTRUE_EXTERNAL_SAML_NAME="TestSamlName", **complete)
     assert server.get("/settings").json() == {
         "external": {"bitbucket": False, "github": True, "gitlab": False, "google": False, "facebook": False,
                      "email": True, "saml": False},

@@ -57,7 +57,8 @@ def test_unknown_email_and_wrong_password_look_the_same(server):
 
 @pytest.mark.parametrize("data, expected", [
     ({}, {"error": "unsupported_grant_type"}),
-    ({"grant_type": "authorization_code"}, {"error": "unsupported_grant_type"}),
+    ({"grant_type": "authorization_code"}, {"error": "invalid_request", "error_description": "code required"}),
+    ({"grant_type": "client_credentials"}, {"error": "unsupported_grant_type"}),
     ({"grant_type": "refresh_token"}, {"error": "invalid_request", "error_description": "refresh_token required"}),
     ({"grant_type": "refresh_token", "refresh_token": "nope"},
      {"error": "invalid_grant", "error_description": "Invalid Refresh Token"}),
