@@ -20,6 +20,7 @@ import html
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -151,6 +152,7 @@ SETTINGS = [
     ("WEBHOOK_ALLOW_PRIVATE_NETWORKS", bool, False),  # ours: loopback/private targets are opt-in
     ("COOKIE_KEY", str, "nf_jwt"),
     ("COOKIE_DURATION", int, 86400),
+    ("ADMIN_UI_ENABLED", bool, False),               # ours: the admin console at /admin/ui
 ]
 
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -559,12 +561,12 @@ MAX_METADATA_BYTES = 16 * 1024  # encoded size of each metadata object (ours; it
 
 
 def json_depth(value):
-    """How many containers deep `value` nests, counted level by level (no recursion to exhaust)."""
+    """Levels of `value` as MySQL's JSON_DEPTH counts them (a scalar or an empty container is 1;
+    MariaDB's JSON columns hold at most 32), level by level: no recursion to exhaust."""
     depth, level = 0, [value]
     while level:
-        level = [v for v in level if isinstance(v, (dict, list))]
-        depth += bool(level)
-        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)]
+        depth += 1
+        level = [child for v in level if isinstance(v, (dict, list)) for child in (v.values() if isinstance(v, dict) else v)]
     return depth
 
 
@@ -581,7 +583,14 @@ def refuse_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
-STRICT_JSON = json.JSONDecoder(parse_constant=refuse_constant)  # no NaN or Infinity
+def finite_float(text):
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+STRICT_JSON = json.JSONDecoder(parse_constant=refuse_constant, parse_float=finite_float)  # no NaN or Infinity
 
 
 def load_meta(raw):
@@ -2671,6 +2680,26 @@ def fire_and_log(event, user):
                 save_user(user, "app_metadata", "user_metadata")
     except APIError as e:
         log.error("webhook %s for user %s failed: %s %s", event, user["id"], e.status, e.msg)
+
+
+# The admin console (ours): one page and its script and style, files in templates/. They hold
+# no data and need no login; the page signs in with the password grant and then calls the admin
+# API like any client, so it has no privilege of its own.
+CONSOLE_FILES = {"": ("admin.html", "text/html; charset=utf-8"), "admin.js": ("admin.js", "text/javascript"),
+                 "admin.css": ("admin.css", "text/css")}
+CONSOLE_HEADERS = [("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+                    " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+                   ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"), *NO_STORE]
+
+
+@app.get("/admin/ui")
+@app.get("/admin/ui/<name>")
+def admin_console(name=""):
+    if not A.cfg.admin_ui_enabled or name not in CONSOLE_FILES:
+        raise APIError(404, "Not Found")
+    filename, content_type = CONSOLE_FILES[name]
+    with open(os.path.join(HERE, "templates", filename), "rb") as f:
+        return bottle.HTTPResponse(f.read(), 200, [("Content-Type", content_type), *CONSOLE_HEADERS])
 
 
 @app.route("/admin/<rest:path>", ["GET", "POST", "PUT", "DELETE"])
