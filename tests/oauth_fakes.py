@@ -66,7 +66,7 @@ class FakeProvider:
     token_path = None
     prefix = ""             # path of .url below the server root (the OIDC realm)
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1"):
         self.client_id = f"{self.name}-client-{secrets.token_hex(4)}"
         self.secret = f"{self.name}-secret-{secrets.token_hex(12)}"
         self.redirect_uri = None  # the registered callback; None accepts any
@@ -107,10 +107,10 @@ class FakeProvider:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -298,8 +298,8 @@ class GitHubFake(FakeProvider):
     name, env, scope = "github", "GITHUB", "user:email"
     authorize_path, token_path = "/login/oauth/authorize", "/login/oauth/access_token"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, host="127.0.0.1"):
+        super().__init__(host)
         self.public_email = None
 
     def profile_paths(self):
@@ -387,8 +387,8 @@ class FacebookFake(FakeProvider):
     authorize_path, token_path = "/dialog/oauth", "/oauth/access_token"
     FIELDS = ("email", "first_name", "last_name", "name", "picture")
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, host="127.0.0.1"):
+        super().__init__(host)
         self.first_name, self.last_name, self.full_name = "Ann", "Lee", "Ann B. Lee"
 
     def profile_paths(self):
@@ -422,8 +422,8 @@ class OIDCFake(FakeProvider):
     token_path = "/protocol/openid-connect/token"
     userinfo_path = "/protocol/openid-connect/userinfo"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, host="127.0.0.1"):
+        super().__init__(host)
         self.omit_email_verified = False
         self.discovery_overrides = {}
         self.discovery_fetches = 0

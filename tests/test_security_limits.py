@@ -66,8 +66,29 @@ def test_an_unknown_account_is_locked_the_same_way(make_server, engine):
     assert_locked(password_grant(server, ghost.upper(), "anything"))
 
 
+def test_the_back_off_doubles_up_to_fifteen_minutes(make_server, engine):
+    server = make_server(engine)
+    email = unique_email("target")
+    server.confirmed_user(email, "right-pw")
+    for _ in range(5):
+        fail(server, email)
+    first = password_grant(server, email, "wrong-pw")
+    assert_locked(first)
+    assert int(first.headers["Retry-After"]) <= 2  # 2^0 s after the fifth failure (rounded up)
+    # forty failures later the doubling would be 2^35 s: it stops at 15 minutes
+    assert server.sql("UPDATE {rate_limits} SET hits = 40 WHERE hits >= 5 AND blocked_until > ?", gotrue.now()) == 1
+    lift_blocks(server)
+    fail(server, email)
+    r = password_grant(server, email, "right-pw")
+    assert_locked(r)
+    # (MariaDB keeps whole seconds, and Retry-After rounds up: one second of slack)
+    assert 60 < int(r.headers["Retry-After"]) <= 900 + 1, r.headers
+
+
 def test_a_lock_is_kept_in_the_database_across_a_restart(make_server, engine):
-    server = make_server(engine, GOTRUE_SECURITY_LOGIN_MAX_FAILURES=2)
+    server = make_server(engine, GOTRUE_SECURITY_LOGIN_MAX_FAILURES=2, GOTRUE_SECURITY_CLIENT_MAX_FAILURES=0)
+    for _ in range(35):  # the per-client limit is off (0): past its default of 30, one failure per account
+        fail(server, unique_email("ghost"))
     email = unique_email("target")
     server.confirmed_user(email, "right-pw")
     fail(server, email)
