@@ -254,6 +254,7 @@ class Config:
         if self.webhook_timeout_sec <= 0:
             self.webhook_timeout_sec = 5
         self.jwt_admin_group_name = self.jwt_admin_group_name or "admin"
+        self.cookie_key = self.cookie_key or "nf_jwt"
         self.jwt_default_group_name = self.jwt_default_group_name.strip()
         self.db_driver = {"sqlite3": "sqlite", "mariadb": "mysql"}.get(self.db_driver.lower(),
                                                                        self.db_driver.lower())
@@ -694,14 +695,20 @@ def user_json(user, with_password=False):
     return out
 
 
-EMAIL_PART = r"[^@\s<>(),;:\"\[\]\x00-\x1f\x7f"
+EMAIL_PART = r"[^@\s<>(),;:\"\[\]\x00-\x1f\x7f-\x9f"
 EMAIL = re.compile(EMAIL_PART + r"]+@" + EMAIL_PART + r".]+(?:\." + EMAIL_PART + r".]+)+")  # no backtracking
 
 
 def plausible_email(address):
     """local@domain.tld without controls, and without "=?", which opens an RFC 2047 encoded word
     that mail libraries decode into other addresses."""
-    return len(address) <= 255 and "=?" not in address and bool(EMAIL.fullmatch(address))
+    if len(address) > 255 or "=?" in address or not EMAIL.fullmatch(address):
+        return False
+    domain = address.rpartition("@")[2].lower()
+    try:  # a domain that IDNA rewrites (a dropped U+200B, say) would be mailed to another one
+        return domain.encode("idna").decode("idna") == domain
+    except UnicodeError:
+        return False
 
 
 def find_user(where, *args, lock=False):
@@ -969,7 +976,8 @@ def mail_slot_claimed(kind, address, required=False):
     name = mail_slot(kind, address)
     claimed = claim_slot(name, site().smtp_max_frequency)
     if required and not claimed:
-        raise APIError(429, "Rate limit exceeded, try again later")
+        wait = max(blocked_for([name])[0], 1)
+        raise APIError(429, "Rate limit exceeded, try again later", headers=[("Retry-After", str(wait))])
     try:
         yield claimed
     except BaseException:
@@ -1025,7 +1033,7 @@ def mail_template(kind):
     setting = getattr(site(), f"mailer_templates_{kind}")
     if not setting:
         return A.templates[kind]
-    if os.path.isfile(setting):
+    if not A.cfg.multiinstancemode and os.path.isfile(setting):  # an instance may not read the server's files
         if setting not in A.fetched:
             with open(setting, encoding="utf-8") as f:
                 A.fetched[setting] = (float("inf"), f.read())
@@ -1437,7 +1445,7 @@ def usable_provider(asked):
     problem = provider_problem(name)
     if problem:
         if name is None:
-            problem = f"Provider {asked} could not be found"
+            problem = f"Provider {asked or ''} could not be found"
         raise APIError(400, f"Unsupported provider: {problem}")
     return name
 
@@ -1760,7 +1768,7 @@ def instance_value(kind, value, path):
     """A setting from the instance JSON, checked: ValueError names the member."""
     where = "config." + ".".join(path)
     expected = {str: "a string", bool: "true or false", int: "a whole number", "list": "a list of strings",
-                "duration": "a duration in nanoseconds (a whole number)"}[kind]
+                "duration": "a duration in nanoseconds (integer)"}[kind]
     if kind in (int, "duration"):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif kind == "list":
@@ -1776,6 +1784,9 @@ def instance_config(data, instance_id):
     """The Config of one instance; ValueError for a member that cannot make sense."""
     if not isinstance(data, dict):
         raise ValueError("config: must be an object")
+    for path in SECRET_PATHS:
+        if json_member(data, path) == SECRET_SHOWN:  # a copied, masked config: never a key everybody knows
+            raise ValueError(f"config.{'.'.join(path)}: \"{SECRET_SHOWN}\" stands for a stored secret; send the secret")
     cfg = copy.copy(A.cfg)
     for name, kind, default, path in INSTANCE_SETTINGS:
         value = json_member(data, path)
@@ -1788,7 +1799,7 @@ def instance_config(data, instance_id):
     cfg.instance_id = instance_id
     cfg.apply_defaults()
     if not urllib.parse.urlsplit(cfg.site_url).netloc:
-        raise ValueError("config.site_url: must be an absolute URL")
+        raise ValueError("config.site_url: is not an absolute URL")
     if not cfg.jwt_secret:
         raise ValueError("config.jwt.secret: is required")
     return cfg
@@ -1802,7 +1813,9 @@ def merge_config(stored, patch, path=()):
         here = (*path, key)
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = merge_config(merged[key], value, here)
-        elif not (value == SECRET_SHOWN and here in SECRET_PATHS):
+        elif value == SECRET_SHOWN and here in SECRET_PATHS:
+            continue  # the stored secret stays (and none is made up where none is stored)
+        else:
             merged[key] = value
     return merged
 
@@ -1855,6 +1868,7 @@ CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
 CORS_HEADERS = {"accept", "authorization", "content-type", "x-jwt-aud", "x-use-cookie", "x-nf-client",
                 "x-requested-with"}
 BEARER = re.compile(r"[Bb]earer (\S+)")
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 app = bottle.Bottle()
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
@@ -1931,11 +1945,11 @@ def request_site():
     rule = request.route.rule
     if rule in SITELESS:
         return None
-    if rule == "/callback":
+    if rule in ("/callback", "/callback/"):
         with contextlib.suppress(APIError):
             return instance_from_signature(request.query.getunicode("state") or "")
         return None  # the callback reports its bad state itself
-    signature = request.get_header("x-nf-sign")
+    signature = header("x-nf-sign")
     if not signature:
         raise APIError(400, "Operator microservice headers missing")
     return instance_from_signature(signature)
@@ -2008,6 +2022,10 @@ def wsgi(environ, start_response):
     environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
         or str(uuid.uuid4())
     origin, method = environ.get("HTTP_ORIGIN"), environ["REQUEST_METHOD"]
+    try:  # bottle drops what it cannot decode, so /adm%FFin would reach /admin
+        environ["PATH_INFO"].encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        environ["PATH_INFO"] = "/%FF"  # matches no route: a 404
     if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
         return preflight(environ, start_response, origin)
     status_seen = []
@@ -2050,6 +2068,19 @@ def preflight(environ, start_response, origin):
 
 
 # --- reading requests -----------------------------------------------------------------------
+
+def header(name, default="", strict=False):
+    """A request header as text. WSGI hands over latin-1; headers are read as UTF-8, and bytes
+    that are not UTF-8 become U+FFFD (bottle would raise: a 500), or a 400 where the value is
+    used as a name (`strict`)."""
+    raw = request.environ.get("HTTP_" + name.upper().replace("-", "_"))
+    if raw is None:
+        return default
+    try:
+        return raw.encode("latin-1").decode("utf-8", "strict" if strict else "replace")
+    except UnicodeError:
+        raise APIError(400, f"The {name} header is not UTF-8") from None
+
 
 def body_bytes():
     if "gotrue.body" not in request.environ:
@@ -2099,6 +2130,8 @@ def form_params():
     if "json" in (request.content_type or ""):
         with contextlib.suppress(ValueError):
             params.update({k: v for k, v in json_body().items() if isinstance(v, str)})
+    elif (request.content_type or "").startswith("multipart/form-data"):
+        params.update({k: v for k, v in request.forms.decode().items()})
     elif body:
         params.update(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     return params
@@ -2125,8 +2158,11 @@ def check_password(password):
 def request_aud(claims=None):
     """X-JWT-AUD, else the verified token's aud, else JWT_AUD."""
     claims = claims or request.environ.get("gotrue.claims") or {}
-    aud = request.get_header("X-JWT-AUD") or claims.get("aud") or site().jwt_aud
-    if len(aud) > 255:
+    return short_aud(header("X-JWT-AUD", strict=True) or claims.get("aud") or site().jwt_aud)
+
+
+def short_aud(aud):
+    if len(aud) > 255:  # the column's size: a longer one could be stored on SQLite and never named
         raise APIError(400, "The audience is too long: at most 255 characters")
     return aud
 
@@ -2145,7 +2181,7 @@ def cookie_header(token=None):
         return ("Set-Cookie", f"{name}=; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; HttpOnly; Secure;"
                               " SameSite=Lax")
     extra = ""
-    if request.get_header("X-Use-Cookie") != "session":
+    if header("X-Use-Cookie") != "session":
         expires = email.utils.formatdate(time.time() + site().cookie_duration, usegmt=True)
         extra = f"; Expires={expires}; Max-Age={site().cookie_duration}"
     return ("Set-Cookie", f"{name}={token}; Path=/{extra}; HttpOnly; Secure; SameSite=Lax")
@@ -2153,12 +2189,12 @@ def cookie_header(token=None):
 
 def token_reply(user, parent=None):
     tokens = token_response(user, parent)
-    wants_cookie = request.get_header("X-Use-Cookie") and site().cookie_duration > 0
+    wants_cookie = header("X-Use-Cookie") and site().cookie_duration > 0
     return reply(tokens, headers=NO_STORE + ([cookie_header(tokens["access_token"])] if wants_cookie else []))
 
 
 def bearer_token():
-    match = BEARER.fullmatch(request.get_header("Authorization", ""))
+    match = BEARER.fullmatch(header("Authorization", ""))
     if not match:
         raise APIError(401, "This endpoint requires a Bearer token", headers=[cookie_header()])
     return match.group(1)
@@ -2200,7 +2236,7 @@ def require_admin():
     if body_bytes().strip():
         try:
             body_aud = json_body().get("aud")
-            aud = body_aud if body_aud and isinstance(body_aud, str) else aud
+            aud = short_aud(body_aud) if body_aud and isinstance(body_aud, str) else aud
         except ValueError as e:
             raise APIError(400, f"Could not decode admin user params: {e}")
     if not is_admin(actor, aud):
@@ -2210,10 +2246,10 @@ def require_admin():
 
 def rate_limited():
     """Upstream's /token limiter: a bucket of 30 per header value, one more every 10 s."""
-    header = A.cfg.rate_limit_header
-    if not header:
+    name = A.cfg.rate_limit_header
+    if not name:
         return False
-    key, t = request.get_header(header, ""), time.monotonic()
+    key, t = header(name, ""), time.monotonic()
     with A.lock:
         if len(A.rate_buckets) > 100000:
             A.rate_buckets.clear()
@@ -2411,7 +2447,7 @@ def send_recovery(address, aud):
 def token():
     require_email_provider()
     if rate_limited():
-        raise APIError(429, "Rate limit exceeded")
+        raise APIError(429, "Rate limit exceeded", headers=[("Retry-After", "10")])  # one more every 10 s
     params = form_params()
     grant = params.get("grant_type")
     if grant == "password":
@@ -2427,9 +2463,9 @@ def login_buckets(username, aud):
     """(bucket, threshold) of the failed logins counted for this attempt: the account (known
     or not, so a 429 reveals nothing) and the client (RATE_LIMIT_HEADER's value, else the peer)."""
     cfg = A.cfg
-    client = request.get_header(cfg.rate_limit_header, "") if cfg.rate_limit_header else request.remote_addr
+    client = header(cfg.rate_limit_header, "") if cfg.rate_limit_header else request.remote_addr
     pairs = [(bucket("login", site().instance_id, aud, username.lower()), cfg.security_login_max_failures),
-             (bucket("client", client or ""), cfg.security_client_max_failures)]
+             (bucket("client", site().instance_id, client or ""), cfg.security_client_max_failures)]
     return [(name, threshold) for name, threshold in pairs if threshold > 0]
 
 
@@ -2465,6 +2501,8 @@ def refresh_grant(token):
     wins. A token that comes back after it was rotated revokes what was issued from it."""
     if not token:
         raise oauth_error("invalid_request", "refresh_token required")
+    if not TOKEN_CHARS.fullmatch(token):  # ours are base64url; MySQL's utf8 column cannot even compare others
+        raise oauth_error("invalid_grant", "Invalid Refresh Token")
     row = A.db.one("SELECT * FROM {refresh_tokens} WHERE token = ? AND instance_id = ?", token, site().instance_id)
     user = find_user_by_id(row["user_id"]) if row and same_secret(row["token"], token) else None
     if not user:
@@ -2594,7 +2632,7 @@ def authorize():
              "netlify_id": "", "function_hooks": {}, "provider": query.getunicode("provider") or name}
     if invite:
         state["invite_token"] = invite
-    referrer = request.get_header("Referer", "")
+    referrer = header("Referer", "")
     if referrer and urllib.parse.urlsplit(referrer).hostname == urllib.parse.urlsplit(site().site_url).hostname:
         state["referrer"] = referrer
     state.update(pkce_challenge(query))
@@ -2626,6 +2664,7 @@ def pkce_challenge(query):
 
 
 @app.get("/callback")
+@app.get("/callback/")
 def callback():
     """Back from the provider. A bad state is a JSON 400; after that, every outcome is a
     redirect to the site, with tokens (or a PKCE code) or an error in the URL."""
@@ -2739,13 +2778,17 @@ def manifest():
 def create_instance():
     require_operator()
     p = operator_params()
-    site_uuid, config = str(p.get("uuid") or NIL_UUID), p.get("config") or {}
-    if A.db.one("SELECT id FROM {instances} WHERE uuid = ?", site_uuid):
-        raise APIError(400, "An instance with that UUID already exists")
+    site_uuid, config = p.get("uuid") or NIL_UUID, p.get("config") or {}
+    if not is_uuid(site_uuid):
+        raise APIError(400, "Error decoding params: uuid must be a UUID")
+    site_uuid = str(uuid.UUID(str(site_uuid)))
     row = {"id": str(uuid.uuid4()), "uuid": site_uuid, "created_at": now(), "updated_at": now()}
     raw = checked_config(config, row["id"])
-    A.db.execute("INSERT INTO {instances} (id, uuid, raw_base_config, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                 row["id"], site_uuid, raw, row["created_at"], row["updated_at"])
+    try:  # a unique key on uuid (ours) decides between concurrent creations
+        A.db.execute("INSERT INTO {instances} (id, uuid, raw_base_config, created_at, updated_at)"
+                     " VALUES (?, ?, ?, ?, ?)", row["id"], site_uuid, raw, row["created_at"], row["updated_at"])
+    except A.db.IntegrityError:
+        raise APIError(400, "An instance with that UUID already exists") from None
     body = {**instance_json(row, config), "endpoint": A.cfg.api_endpoint, "state": "active"}
     return reply(body, 201)
 
@@ -2811,6 +2854,12 @@ def invite():
             raise email_taken() from None
         mail_link("invite", user, before, entries)
     return reply(user_json(user))
+
+
+def short_role(role):
+    if len(role.strip()) > 255:
+        raise APIError(422, "The role is too long: at most 255 characters")
+    return role.strip()
 
 
 def paginate():
@@ -2888,7 +2937,7 @@ def admin_export_users():
     if not A.cfg.api_export_secret:
         return admin_get_user("export")
     require_admin()
-    if not same_secret(request.get_header("Export-Secret", ""), A.cfg.api_export_secret):
+    if not same_secret(header("Export-Secret", ""), A.cfg.api_export_secret):
         raise APIError(401, "Invalid export secret")
     return list_users(with_password=True)
 
@@ -2910,7 +2959,7 @@ def admin_create_user():
     password_hash = hash_password(check_password(p["password"])) if p["password"] else ""
     user = new_user(email_, password_hash, aud, p["user_metadata"])
     if p["role"]:
-        user["role"] = p["role"].strip()
+        user["role"] = short_role(p["role"])
     if p["confirm"]:
         user["confirmed_at"] = now()
     try:
@@ -2957,7 +3006,7 @@ def admin_update_user(user_id):
             user = load_user(user_id, actor, aud, lock=True)
             changed = []
             if p["role"]:
-                user["role"] = p["role"].strip()
+                user["role"] = short_role(p["role"])
                 changed.append("role")
             if p["confirm"] and not user["confirmed_at"]:
                 # the admin vouches for the address, not for whoever set the pending password

@@ -114,3 +114,5 @@ CREATE TABLE {ns}one_time_tokens (
   PRIMARY KEY (token_hash)
 ) /*! ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci */;
 CREATE INDEX {ns}one_time_tokens_expires_idx ON {ns}one_time_tokens (expires_at);
+-- one instance per site UUID (upstream checks before inserting, so concurrent requests made two)
+CREATE UNIQUE INDEX {ns}instances_uuid_key ON {ns}instances (uuid);
