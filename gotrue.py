@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import queue
+import random
 import re
 import secrets
 import signal
@@ -88,6 +89,8 @@ SETTINGS = [
     ("DB_DATABASE_URL", str, "gotrue.db", "DATABASE_URL"),
     ("DB_NAMESPACE", str, ""),
     ("DB_MIGRATIONS_PATH", str, "./migrations"),  # parsed for compatibility; schema.sql is ours
+    ("DB_CONNECT_TIMEOUT_SEC", int, 5),            # ours: per MySQL host tried
+    ("DB_READ_TIMEOUT_SEC", int, 30),              # ours: a MySQL server that stops answering
     ("OPERATOR_TOKEN", str, ""),                  # optional here; upstream requires it
     ("MULTIINSTANCEMODE", bool, False),
     ("RATE_LIMIT_HEADER", str, ""),
@@ -339,6 +342,7 @@ def setup_logging(cfg):
 # names in braces ({users}); the namespace prefix and the driver's placeholder style are
 # filled in once per statement and cached. Each thread keeps its own connection.
 
+MYSQL_CONFLICT = (1213, 1205)  # deadlock (Galera's certification failure too), lock wait timeout
 TABLES = ("users", "refresh_tokens", "instances", "audit_log_entries", "user_counts", "rate_limits",
           "one_time_tokens")
 MYSQL_LOST = (0, 2006, 2013, 2055)  # connection gone: reconnect and try once more
@@ -367,15 +371,19 @@ def database_params(cfg):
               "database": urllib.parse.unquote(database), "host": "127.0.0.1", "port": 3306}
     match = re.fullmatch(r"(?:(tcp|unix)\((.*)\)|(.*))", addr)
     if match.group(1) == "unix":
-        params["unix_socket"] = match.group(2)
+        params["unix_socket"], params["hosts"] = match.group(2), [("localhost", 3306)]
         return params
-    hostport = match.group(2) if match.group(1) else match.group(3)
-    host, sep, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    params["hosts"] = [host_and_port(item, url) for item in (match.group(2) if match.group(1) else match.group(3)).split(",")]
+    params["host"], params["port"] = params["hosts"][0]
+    return params
+
+
+def host_and_port(hostport, url):
+    """`host:port` of one MySQL server (DATABASE_URL may list several, comma-separated: ours)."""
+    host, sep, port = hostport.strip().rpartition(":") if ":" in hostport else (hostport.strip(), "", "")
     if sep and not port.isdigit():
         raise ConfigError(f"DATABASE_URL: bad port {port!r} in {url!r}")
-    params["host"] = host or "127.0.0.1"
-    params["port"] = int(port) if port else 3306
-    return params
+    return host or "127.0.0.1", int(port) if port else 3306
 
 
 def db_time(value):
@@ -390,10 +398,17 @@ class ThreadState(threading.local):
     depth = 0  # how many transaction() blocks it is inside
 
 
+class DatabaseUnavailable(Exception):
+    """No database server could be reached: a 503, and the request may be tried again."""
+
+
 class Database:
     def __init__(self, cfg):
         self.driver = cfg.db_driver
         self.params = database_params(cfg)
+        self.timeouts = (cfg.db_connect_timeout_sec, cfg.db_read_timeout_sec)
+        self.good_host = 0  # the MySQL host that answered last: tried first
+        self.write_lock = threading.Lock()  # SQLite: writers queue here, not in busy-timeout sleeps
         prefix = cfg.db_namespace + "_" if cfg.db_namespace else ""
         self.names = {t: prefix + t for t in TABLES}
         self.names["ns"] = prefix
@@ -412,9 +427,26 @@ class Database:
             self.names[key] = field.format(column, key)
 
     def connect(self):
-        if self.driver == "mysql":
-            return pymysql.connect(**self.params, charset="utf8mb4", autocommit=True,
-                                   init_command="SET time_zone = '+00:00'", connect_timeout=10)
+        return self.connect_mysql() if self.driver == "mysql" else self.connect_sqlite()
+
+    def connect_mysql(self):
+        """The first host that answers, starting from the one that answered last (failover)."""
+        hosts, params = self.params["hosts"], {k: v for k, v in self.params.items() if k != "hosts"}
+        error = None
+        for i in range(len(hosts)):
+            n = (self.good_host + i) % len(hosts)
+            params["host"], params["port"] = hosts[n]
+            try:
+                conn = pymysql.connect(**params, charset="utf8mb4", autocommit=True, connect_timeout=self.timeouts[0],
+                                       read_timeout=self.timeouts[1], write_timeout=self.timeouts[1],
+                                       init_command="SET time_zone = '+00:00'")
+                self.good_host = n
+                return conn
+            except pymysql.err.OperationalError as e:
+                error = e
+        raise DatabaseUnavailable(f"no database server answered: {error}")
+
+    def connect_sqlite(self):
         conn = sqlite3.connect(self.params["path"], timeout=30, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -487,24 +519,45 @@ class Database:
             finally:
                 self.local.depth -= 1
             return
-        self.run("BEGIN" if self.driver == "mysql" else "BEGIN IMMEDIATE", ())  # reconnects if lost
-        conn, self.local.depth = self.conn, 1
-        try:
-            yield
-            self.local.depth = 0
-            conn.commit()
-        except BaseException:
-            self.local.depth = 0
+        with self.write_lock if self.driver == "sqlite" else contextlib.nullcontext():
+            self.run("BEGIN" if self.driver == "mysql" else "BEGIN IMMEDIATE", ())  # reconnects if lost
+            conn, self.local.depth = self.conn, 1
             try:
-                conn.rollback()
-            except Exception:
-                self.close()  # a connection that cannot roll back is not used again
-            raise
+                yield
+                self.local.depth = 0
+                conn.commit()
+            except BaseException:
+                self.local.depth = 0
+                try:
+                    conn.rollback()
+                except Exception:
+                    self.close()  # a connection that cannot roll back is not used again
+                raise
 
-    def applied_versions(self):
+    def is_conflict(self, error):
+        """A transaction lost a race it may win when tried again: a deadlock, a lock wait, a
+        Galera certification failure (reported as a deadlock), a node not yet synced."""
+        if self.driver != "mysql" or not isinstance(error, pymysql.err.OperationalError) or not error.args:
+            return False
+        return error.args[0] in MYSQL_CONFLICT or "WSREP" in str(error.args[-1])
+
+    def is_unavailable(self, error):
+        """The database cannot serve now (down, restarting, locked beyond the busy timeout)."""
+        if isinstance(error, DatabaseUnavailable):
+            return True
+        if self.driver == "sqlite":
+            return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        return self.is_lost_connection(error) or (isinstance(error, pymysql.err.OperationalError)
+                                                  and bool(error.args) and error.args[0] in (1047, 1053, 1927, 2003))
+
+    def applied_versions(self, strict=False):
+        """Versions recorded by the migrations; none when the table is missing (or, unless
+        `strict`, when the database cannot be asked)."""
         try:
             return {r["version"] for r in self.query("SELECT version FROM schema_migration")}
-        except self.Error:
+        except self.Error as e:
+            if strict and (self.is_unavailable(e) or self.is_lost_connection(e)):
+                raise
             return set()
 
     def tables_present(self):
@@ -1913,11 +1966,29 @@ def reply(body, status=200, headers=()):
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]  # on what carries tokens or a user
 
 
+CONFLICT_RETRIES = 6  # tries of a request whose transaction lost a race (Galera, deadlocks)
+
+
+def with_retries(callback, *args, **kwargs):
+    """Run the handler; when its transaction lost a race to another one (on another Galera node,
+    say), run it again from the start, after a short random pause. Every transaction is rolled
+    back whole before that, and mail goes out only after commits, so nothing is done twice."""
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            return callback(*args, **kwargs)
+        except A.db.Error as e:
+            if attempt == CONFLICT_RETRIES or not A.db.is_conflict(e):
+                raise
+            log.info("database conflict, retrying request_id=%s attempt=%d error=%s",
+                     request.environ.get("gotrue.request_id"), attempt, e.args[0])
+            time.sleep(random.uniform(0.005, 0.02) * attempt)
+
+
 def api_plugin(callback):
     def wrapper(*args, **kwargs):
         try:
             CURRENT.site = request_site() if A.cfg.multiinstancemode else None
-            return callback(*args, **kwargs)
+            return with_retries(callback, *args, **kwargs)
         except APIError as e:
             if e.status >= 500:
                 log.error("request %s failed: %s %s", request.environ.get("gotrue.request_id"), e.status, e.msg)
@@ -1927,7 +1998,10 @@ def api_plugin(callback):
         except pymysql.err.DataError as e:  # MySQL's strict mode: a value does not fit its column
             log.info("request %s: value refused by the database: %s", request.environ.get("gotrue.request_id"), e)
             return reply(APIError(422, "A value is too long or malformed for the database").body(), 422)
-        except Exception:
+        except Exception as e:
+            if A.db.is_unavailable(e):  # down, restarting, out of its cluster: try again soon
+                log.error("request %s: database unavailable: %s", request.environ.get("gotrue.request_id"), e)
+                return reply(APIError(503, "Database unavailable").body(), 503, [("Retry-After", "1")])
             log.exception("request %s failed", request.environ.get("gotrue.request_id"))
             return reply(APIError(500, "Internal server error").body(), 500)
         finally:
@@ -2263,6 +2337,15 @@ def rate_limited():
 
 @app.get("/health")
 def health():
+    """Liveness, without touching the database; `?ready=1` (ours) is readiness: the database
+    answers and has the schema this version needs, else a 503 saying which."""
+    if request.query.get("ready"):
+        try:
+            versions = A.db.applied_versions(strict=True)
+        except Exception as e:
+            raise APIError(503, f"Database unavailable: {type(e).__name__}", headers=[("Retry-After", "1")])
+        if SCHEMA_VERSION not in versions:
+            raise APIError(503, "Database schema out of date: run python migrate.py")
     return reply({"description": "GoTrue is a user registration and authentication API", "name": "GoTrue",
                   "version": VERSION})
 
@@ -3241,7 +3324,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"gotrue.py: {e}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, pymysql.err.Error) as e:
+    except (sqlite3.Error, pymysql.err.Error, DatabaseUnavailable) as e:
         print(f"gotrue.py: database error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -62,7 +62,7 @@ def migrate(cfg):
     except MigrationError as e:
         print(f"migrate.py: {e}", file=sys.stderr)
         return 1
-    except db.Error as e:
+    except (db.Error, gotrue.DatabaseUnavailable) as e:
         print(f"migrate.py: database error on {where}: {e}", file=sys.stderr)
         return 1
 
@@ -70,8 +70,14 @@ def migrate(cfg):
 def apply(db, where):
     tables = db.tables_present()
     if "schema_migration" not in tables:
-        db.execute("CREATE TABLE schema_migration (version varchar(14) NOT NULL)")
+        # upstream's table, plus a primary key: a Galera cluster may require one on every table
+        db.execute("CREATE TABLE schema_migration (version varchar(14) NOT NULL, PRIMARY KEY (version))")
         db.execute("CREATE UNIQUE INDEX version_idx ON schema_migration (version)")
+    elif db.driver == "mysql" and not db.one(
+            "SELECT 1 AS x FROM information_schema.table_constraints WHERE table_schema = DATABASE()"
+            " AND table_name = 'schema_migration' AND constraint_type = 'PRIMARY KEY'"):
+        db.execute("ALTER TABLE schema_migration ADD PRIMARY KEY (version)")  # made by upstream's migrator
+        print("added a primary key to schema_migration")
     applied = db.applied_versions()
     done = 0
     for versions, description, statements in read_schema(db.driver):
