@@ -10,6 +10,7 @@ layer and the command line, each building only on what came before it.
 
 import argparse
 import base64
+import collections
 import contextlib
 import copy
 import datetime as dt
@@ -19,6 +20,7 @@ import hashlib
 import hmac
 import html
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -324,9 +326,37 @@ def ensure_jwt_secret(cfg):
                 "a database. ***", cfg.env_file)
 
 
+class LineHandler(logging.Handler):
+    """Each record is one os.write of one line to an append-mode file (or stderr): lines stay
+    whole without a lock, so worker threads never queue behind each other to log."""
+
+    def __init__(self, path=None):
+        super().__init__()
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) if path else sys.stderr.fileno()
+        self.owned = bool(path)
+
+    def handle(self, record):
+        if self.filter(record):
+            self.emit(record)
+        return record
+
+    def emit(self, record):
+        try:
+            os.write(self.fd, (self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)
+
+    def close(self):
+        if self.owned:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.owned = False
+        super().close()
+
+
 def setup_logging(cfg):
     """Also called on SIGHUP: a LOG_FILE moved away by logrotate is opened afresh."""
-    handler = logging.FileHandler(cfg.log_file) if cfg.log_file else logging.StreamHandler(sys.stderr)
+    handler = LineHandler(cfg.log_file or None)
     handler.setFormatter(logging.Formatter("time=%(asctime)s level=%(levelname)s msg=%(message)s"))
     root = logging.getLogger()
     for old in root.handlers:
@@ -614,6 +644,7 @@ class App:
         self.dummy_hash = None
         self.templates = {}  # the defaults from templates/, by kind
         self.instances = Instances()
+        self.verified = VerifiedTokens()
         self.fetched = {}  # configured templates: setting -> (valid until, text)
         self.rate_buckets = {}
         self.recover_requests = {}
@@ -881,12 +912,44 @@ def access_token(user, refresh_token):
     return jwt.encode(claims, site().jwt_secret, algorithm="HS256", headers={"kid": "nf-ident"})
 
 
+class VerifiedTokens:
+    """A bounded LRU of tokens already verified, keyed by the exact token text and the key that
+    verified it. Safe: a hit means these very bytes had a valid HS256 signature under this very
+    key, and the time claims (exp, nbf) are checked again on every hit; only the HMAC and the
+    JSON decoding are saved. Failures are never cached."""
+
+    def __init__(self, size=10000):
+        self.size, self.entries, self.lock = size, collections.OrderedDict(), threading.Lock()
+
+    def get(self, token, key):
+        with self.lock:
+            claims = self.entries.get((token, key))
+            if claims is not None:
+                self.entries.move_to_end((token, key))
+        return claims
+
+    def put(self, token, key, claims):
+        with self.lock:
+            self.entries[(token, key)] = claims
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+
 def verify_access_token(token):
     """HS256 only (the algorithm is pinned); `aud` must be a string, as upstream requires."""
-    claims = jwt.decode(token, site().jwt_secret, algorithms=["HS256"], leeway=0,
-                        options={"verify_aud": False, "require": []})
+    key = site().jwt_secret
+    claims = A.verified.get(token, key)
+    if claims is not None:
+        now_ = time.time()
+        if "exp" in claims and now_ >= claims["exp"]:
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        if "nbf" in claims and now_ < claims["nbf"]:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+        return claims
+    claims = jwt.decode(token, key, algorithms=["HS256"], leeway=0, options={"verify_aud": False, "require": []})
     if "aud" in claims and not isinstance(claims["aud"], str):
         raise jwt.InvalidTokenError("aud must be a string")
+    A.verified.put(token, key, claims)
     return claims
 
 
@@ -1841,6 +1904,7 @@ def instance_config(data, instance_id):
         if json_member(data, path) == SECRET_SHOWN:  # a copied, masked config: never a key everybody knows
             raise ValueError(f"config.{'.'.join(path)}: \"{SECRET_SHOWN}\" stands for a stored secret; send the secret")
     cfg = copy.copy(A.cfg)
+    cfg.settings_reply = None
     for name, kind, default, path in INSTANCE_SETTINGS:
         value = json_member(data, path)
         shared = path[0] in ("smtp", "external")
@@ -2069,6 +2133,8 @@ def not_allowed(_):
 
 
 NOSNIFF = ("X-Content-Type-Options", "nosniff")
+# request ids: unique per process start, and far cheaper than a uuid4 per request
+REQUEST_ID_PREFIX, REQUEST_COUNTER = secrets.token_hex(6), itertools.count(1)
 
 
 class JSONErrorTask(waitress.task.ErrorTask):
@@ -2094,7 +2160,7 @@ def wsgi(environ, start_response):
     started = time.monotonic()
     header = A.cfg.api_request_id_header
     environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
-        or str(uuid.uuid4())
+        or f"{REQUEST_ID_PREFIX}-{next(REQUEST_COUNTER):x}"
     origin, method = environ.get("HTTP_ORIGIN"), environ["REQUEST_METHOD"]
     try:  # bottle drops what it cannot decode, so /adm%FFin would reach /admin
         environ["PATH_INFO"].encode("latin-1").decode("utf-8")
@@ -2205,7 +2271,10 @@ def form_params():
         with contextlib.suppress(ValueError):
             params.update({k: v for k, v in json_body().items() if isinstance(v, str)})
     elif (request.content_type or "").startswith("multipart/form-data"):
-        params.update({k: v for k, v in request.forms.decode().items()})
+        try:
+            params.update({k: v for k, v in request.forms.decode().items()})
+        except Exception:  # bottle's parser raises its own errors for a malformed multipart body
+            raise APIError(400, "Could not read the multipart form") from None
     elif body:
         params.update(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     return params
@@ -2360,6 +2429,12 @@ def openapi():
 @app.get("/settings")
 def settings():
     cfg = site()
+    if getattr(cfg, "settings_reply", None) is None:  # a site's settings do not change: built once
+        cfg.settings_reply = settings_body(cfg)
+    return reply(cfg.settings_reply)
+
+
+def settings_body(cfg):
     # a provider shows as enabled only when it can be used (upstream shows the bare flag)
     external = {p: not provider_problem(p) for p in PROVIDERS if p != "oidc"}
     external.update(email=not cfg.external_email_disabled, saml=cfg.external_saml_enabled)
@@ -2367,8 +2442,8 @@ def settings():
     if cfg.external_oidc_enabled:
         external[cfg.external_oidc_name] = not provider_problem("oidc")
         labels[cfg.external_oidc_name] = cfg.external_oidc_name
-    return reply({"external": external, "external_labels": labels, "disable_signup": cfg.disable_signup,
-                  "autoconfirm": cfg.mailer_autoconfirm})
+    return {"external": external, "external_labels": labels, "disable_signup": cfg.disable_signup,
+            "autoconfirm": cfg.mailer_autoconfirm}
 
 
 @app.post("/signup")
