@@ -87,6 +87,7 @@ SETTINGS = [
     ("API_REQUEST_ID_HEADER", str, "", "REQUEST_ID_HEADER"),
     ("API_EXPORT_SECRET", str, ""),
     ("API_THREADS", int, 8),                      # ours: waitress worker threads
+    ("API_WORKERS", int, 1),                      # ours: processes serving the one port
     ("DB_DRIVER", str, "sqlite"),                 # ours: sqlite by default, mysql for production
     ("DB_DATABASE_URL", str, "gotrue.db", "DATABASE_URL"),
     ("DB_NAMESPACE", str, ""),
@@ -277,6 +278,8 @@ class Config:
             raise ConfigError("GOTRUE_BCRYPT_COST: must be between 4 and 31")
         if self.api_threads < 1:
             raise ConfigError("GOTRUE_API_THREADS: must be at least 1")
+        if self.api_workers < 1:
+            raise ConfigError("GOTRUE_API_WORKERS: must be at least 1")
         if self.external_timeout_sec < 1:
             raise ConfigError("GOTRUE_EXTERNAL_TIMEOUT_SEC: must be at least 1")
         oidc = self.external_oidc_name.lower()
@@ -645,6 +648,7 @@ class App:
         self.templates = {}  # the defaults from templates/, by kind
         self.instances = Instances()
         self.verified = VerifiedTokens()
+        self.request_prefix = secrets.token_hex(6)  # of request ids: one per process
         self.fetched = {}  # configured templates: setting -> (valid until, text)
         self.rate_buckets = {}
         self.recover_requests = {}
@@ -2133,8 +2137,7 @@ def not_allowed(_):
 
 
 NOSNIFF = ("X-Content-Type-Options", "nosniff")
-# request ids: unique per process start, and far cheaper than a uuid4 per request
-REQUEST_ID_PREFIX, REQUEST_COUNTER = secrets.token_hex(6), itertools.count(1)
+REQUEST_COUNTER = itertools.count(1)  # request ids: a per-process prefix and this, far cheaper than uuid4
 
 
 class JSONErrorTask(waitress.task.ErrorTask):
@@ -2160,7 +2163,7 @@ def wsgi(environ, start_response):
     started = time.monotonic()
     header = A.cfg.api_request_id_header
     environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
-        or f"{REQUEST_ID_PREFIX}-{next(REQUEST_COUNTER):x}"
+        or f"{A.request_prefix}-{next(REQUEST_COUNTER):x}"
     origin, method = environ.get("HTTP_ORIGIN"), environ["REQUEST_METHOD"]
     try:  # bottle drops what it cannot decode, so /adm%FFin would reach /admin
         environ["PATH_INFO"].encode("latin-1").decode("utf-8")
@@ -3290,9 +3293,26 @@ def serve(cfg):
             log.warning("GOTRUE_SITE_URL is not set: mail links will point to %s", cfg.site_url)
         ensure_jwt_secret(cfg)
     create_app(cfg)
-    server = waitress.server.create_server(wsgi, host=cfg.api_host or "0.0.0.0", port=cfg.api_port,
-                                           threads=cfg.api_threads, max_request_body_size=2 * MAX_BODY,
-                                           ident="gotrue", clear_untrusted_proxy_headers=True)
+    A.db.close()  # each worker opens its own connections
+    host = cfg.api_host or "0.0.0.0"
+    try:
+        sock = socket.create_server((host, cfg.api_port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=1024)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{cfg.api_port}: {e.strerror}") from None
+    log.info("gotrue.py %s listening on http://%s:%s (%s database, %s worker%s)", VERSION, host,
+             sock.getsockname()[1], cfg.db_driver, cfg.api_workers, "s" if cfg.api_workers > 1 else "")
+    if cfg.api_workers == 1:
+        run_worker(cfg, sock)
+    else:
+        supervise(cfg, sock)
+    log.info("stopped")
+
+
+def run_worker(cfg, sock):
+    """waitress's threads on the listening socket, until SIGTERM or SIGINT."""
+    server = waitress.server.create_server(wsgi, sockets=[sock], threads=cfg.api_threads, ident="gotrue",
+                                           max_request_body_size=2 * MAX_BODY, clear_untrusted_proxy_headers=True)
     server.channel_class = JSONErrorChannel
 
     def stop(signum, frame):
@@ -3300,10 +3320,43 @@ def serve(cfg):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: setup_logging(cfg))
-    log.info("gotrue.py %s listening on http://%s:%s (%s database)", VERSION, cfg.api_host or "0.0.0.0",
-             server.effective_port, cfg.db_driver)
     server.run()
-    log.info("stopped")
+
+
+def supervise(cfg, sock):
+    """API_WORKERS > 1 (ours): pre-fork. N processes serve the one inherited socket (the kernel
+    hands each connection to one of them); this process only watches: a worker that dies is
+    replaced, SIGTERM/SIGINT stop them all, SIGHUP reopens every log."""
+    workers, stopping = set(), []
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            A.request_prefix = secrets.token_hex(6)
+            try:
+                run_worker(cfg, sock)
+            finally:
+                os._exit(0)
+        workers.add(pid)
+
+    def forward(signum, frame):
+        if signum == signal.SIGHUP:
+            setup_logging(cfg)
+        else:
+            stopping.append(signum)
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for _ in range(cfg.api_workers):
+        spawn()
+    while workers:
+        pid, status = os.wait()
+        workers.discard(pid)
+        if not stopping:
+            log.warning("worker %d ended (status %d): starting another", pid, status)
+            spawn()
 
 
 def admin_command(cfg, args):

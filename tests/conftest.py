@@ -261,6 +261,8 @@ def base_env(workdir, db_env, smtp_port=None, **settings):
     env.update({"PORT": str(free_port()), "GOTRUE_API_HOST": "127.0.0.1",
                 "GOTRUE_SITE_URL": "https://site.example.com", "GOTRUE_JWT_SECRET": secrets.token_hex(32),
                 "GOTRUE_BCRYPT_COST": "4", "GOTRUE_API_THREADS": "16", "LOG_LEVEL": "info", **db_env})
+    if os.environ.get("GOTRUE_TEST_API_WORKERS"):  # run the suite against pre-forked servers
+        env["GOTRUE_API_WORKERS"] = os.environ["GOTRUE_TEST_API_WORKERS"]
     if smtp_port:
         env.update({"GOTRUE_SMTP_HOST": "127.0.0.1", "GOTRUE_SMTP_PORT": str(smtp_port),
                     "GOTRUE_SMTP_ADMIN_EMAIL": "admin@site.example.com"})
