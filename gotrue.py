@@ -2077,7 +2077,8 @@ def api_plugin(callback):
     return wrapper
 
 
-SITELESS = {"/health", "/", "/instances", "/instances/<instance_id>", "/openapi.yaml", "/admin/ui", "/admin/ui/<name>"}
+SITELESS = {"/health", "/", "/instances", "/instances/<instance_id>", "/openapi.yaml", "/admin/ui", "/admin/ui/",
+            "/admin/ui/<name>"}
 
 
 def request_site():
@@ -3225,6 +3226,13 @@ CONSOLE_FILES = {"": ("admin.html", "text/html; charset=utf-8"), "admin.js": ("a
 CONSOLE_HEADERS = [("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
                     " connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
                    ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"), *NO_STORE]
+
+
+@app.get("/admin/ui/")
+def admin_console_slash():
+    if not A.cfg.admin_ui_enabled:
+        raise APIError(404, "Not Found")
+    return reply(None, 301, [("Location", "../ui")])  # relative: right behind a path prefix too
 
 
 @app.get("/admin/ui")
