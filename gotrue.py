@@ -162,6 +162,7 @@ SETTINGS = [
     ("ADMIN_UI_ENABLED", bool, False),               # ours: the admin console at /admin/ui
 ]
 
+WEBHOOK_EVENTS = ("validate", "signup", "login", "usermodified", "userdeleted")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
@@ -229,15 +230,15 @@ class Config:
     def __init__(self, environ):
         self.env_file = None
         for name, kind, default, *aliases in SETTINGS:
-            raw = None
+            raw, spelled = None, "GOTRUE_" + name
             for key in ("GOTRUE_" + name, *aliases):
                 if environ.get(key, "") != "":  # an empty value counts as unset
-                    raw = environ[key]
+                    raw, spelled = environ[key], key
                     break
             try:
                 value = default if raw is None else parse_setting(kind, raw)
             except ValueError as e:
-                raise ConfigError(f"GOTRUE_{name}: {e}") from None
+                raise ConfigError(f"{spelled}: {e}") from None
             setattr(self, name.lower(), value)
         self.apply_defaults()
         self.validate()
@@ -246,7 +247,7 @@ class Config:
         """Upstream's post-load defaults: zero (or negative) values fall back to the defaults."""
         if self.jwt_exp == 0:
             self.jwt_exp = 3600
-        if self.jwt_refresh_token_lifetime <= 0:
+        if self.jwt_refresh_token_lifetime == 0:
             self.jwt_refresh_token_lifetime = 2592000
         if self.smtp_max_frequency == 0:
             self.smtp_max_frequency = 900.0
@@ -266,6 +267,14 @@ class Config:
                                                                        self.db_driver.lower())
 
     def validate(self):
+        if self.jwt_exp < 0:
+            raise ConfigError("GOTRUE_JWT_EXP: must be a positive number of seconds (tokens would be born expired)")
+        if self.jwt_refresh_token_lifetime < 0:
+            raise ConfigError("GOTRUE_JWT_REFRESH_TOKEN_LIFETIME: must not be negative")
+        unknown = set(self.webhook_events) - set(WEBHOOK_EVENTS)
+        if unknown:
+            raise ConfigError(f"GOTRUE_WEBHOOK_EVENTS: unknown event {sorted(unknown)[0]!r} "
+                              f"(known: {', '.join(WEBHOOK_EVENTS)})")
         if self.db_driver not in ("sqlite", "mysql"):
             raise ConfigError(f"GOTRUE_DB_DRIVER: unknown driver {self.db_driver!r} (use sqlite or mysql)")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -386,7 +395,7 @@ def database_params(cfg):
     url = cfg.db_database_url
     if cfg.db_driver == "sqlite":
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
-        if not path or path.startswith(("mysql:", "tcp(")):
+        if not path or path.startswith(("mysql:", "tcp(")) or re.search(r"@(tcp|unix)\(", path):
             raise ConfigError(f"DATABASE_URL: {url!r} is not a SQLite path")
         return {"path": path}
     # go-sql-driver DSN `user:pass@tcp(host:port)/db?x=y`, the README's `root@localhost/gotrue`,
@@ -649,10 +658,7 @@ class App:
         self.instances = Instances()
         self.verified = VerifiedTokens()
         self.request_prefix = secrets.token_hex(6)  # of request ids: one per process
-        self.fetched = {}  # configured templates: setting -> (valid until, text)
-        self.rate_buckets = {}
-        self.recover_requests = {}
-        self.lock = threading.Lock()
+        self.fetched = {}  # fetched templates and discovery documents: URL -> (valid until, content)
 
 
 A = None  # the running App; set by create_app()
@@ -1089,6 +1095,28 @@ def record_failure(name, threshold):
                              *args)
 
 
+def take_token(name, burst, every):
+    """A token bucket as one time per bucket (GCRA): `blocked_until` is when the bucket would be
+    full again. A request takes one interval unless that lies more than `burst` intervals
+    ahead. Compare-and-set, so concurrent processes never both spend the last token."""
+    for _ in range(5):
+        stamp = now()
+        row = A.db.one("SELECT blocked_until FROM {rate_limits} WHERE bucket = ?", name)
+        full_at = max(db_time(row["blocked_until"]) if row and row["blocked_until"] else stamp, stamp)
+        if full_at - stamp > dt.timedelta(seconds=every * (burst - 1)):
+            return False
+        later = full_at + dt.timedelta(seconds=every)
+        if row is None:
+            with contextlib.suppress(A.db.IntegrityError):
+                A.db.execute("INSERT INTO {rate_limits} (bucket, hits, blocked_until, expires_at) VALUES (?, 1, ?, ?)",
+                             name, later, later)
+                return True
+        elif A.db.execute("UPDATE {rate_limits} SET hits = hits + 1, blocked_until = ?, expires_at = ?"
+                          " WHERE bucket = ? AND blocked_until = ?", later, later, name, row["blocked_until"]):
+            return True
+    return False  # lost five races in a row: the bucket is being hammered
+
+
 @contextlib.contextmanager
 def mail_slot_claimed(kind, address, required=False):
     """Claim the recipient's mail slot for a request; yields whether it was free (`required`:
@@ -1193,7 +1221,8 @@ def send_mail(kind, to, token, user, new_email=""):
     cfg = site()
     data = {"SiteURL": cfg.site_url, "ConfirmationURL": confirmation_url(kind, token), "Email": user["email"],
             "NewEmail": new_email, "Token": token, "Data": user["user_metadata"]}
-    if not cfg.smtp_host:
+    if not cfg.smtp_host:  # as upstream: nothing is sent; said in the log (never the token)
+        log.warning("mail not sent (no GOTRUE_SMTP_HOST): %s mail to %s", kind, to)
         return
     body = render(mail_template(kind), data)
     msg = EmailMessage(policy=email.policy.SMTP)
@@ -2392,18 +2421,10 @@ def require_admin():
 
 
 def rate_limited():
-    """Upstream's /token limiter: a bucket of 30 per header value, one more every 10 s."""
+    """Upstream's /token limiter (a bucket of 30 per header value, one more every 10 s), kept in
+    the database so that every process and restart shares it (upstream: per process)."""
     name = A.cfg.rate_limit_header
-    if not name:
-        return False
-    key, t = header(name, ""), time.monotonic()
-    with A.lock:
-        if len(A.rate_buckets) > 100000:
-            A.rate_buckets.clear()
-        tokens, last = A.rate_buckets.get(key, (30.0, t))
-        tokens = min(30.0, tokens + (t - last) * 0.1)
-        A.rate_buckets[key] = (tokens - 1, t) if tokens >= 1 else (tokens, t)
-        return tokens < 1
+    return bool(name) and not take_token(bucket("token", site().instance_id, header(name, "")), 30, 10)
 
 
 # --- public endpoints -----------------------------------------------------------------------
@@ -3286,7 +3307,8 @@ def create_app(cfg, check_schema=True):
     for kind in MAIL_KINDS:
         with open(os.path.join(HERE, "templates", kind + ".html"), encoding="utf-8") as f:
             A.templates[kind] = f.read()
-    if check_schema and SCHEMA_VERSION not in A.db.applied_versions():
+    missing_file = cfg.db_driver == "sqlite" and not os.path.exists(A.db.params["path"])  # opening would create it
+    if check_schema and (missing_file or SCHEMA_VERSION not in A.db.applied_versions()):
         raise ConfigError(f"the database schema is missing or out of date ({cfg.db_driver}: "
                           f"{cfg.db_database_url}): run `python migrate.py` first")
     return A
@@ -3300,6 +3322,10 @@ def serve(cfg):
             cfg.site_url = f"http://localhost:{cfg.api_port}"
             log.warning("GOTRUE_SITE_URL is not set: mail links will point to %s", cfg.site_url)
         ensure_jwt_secret(cfg)
+        if not cfg.smtp_host and not cfg.mailer_autoconfirm:
+            log.warning("mail is not sent (no GOTRUE_SMTP_HOST): confirmations, recoveries and invites cannot "
+                        "complete; set GOTRUE_MAILER_AUTOCONFIRM=true to try it locally, or confirm users with "
+                        "`python gotrue.py admin confirm EMAIL`")
     create_app(cfg)
     A.db.close()  # each worker opens its own connections
     host = cfg.api_host or "0.0.0.0"
@@ -3396,6 +3422,11 @@ def admin_command(cfg, args):
         if args.action == "deleteuser":
             delete_user(user)
             print(f"Removed user: {args.args[0]}")
+        elif args.action == "confirm":  # ours: the way out when no mail can be sent
+            if not user["confirmed_at"]:
+                user["confirmed_at"] = now()
+                save_user(user, "confirmed_at")
+            print(f"Confirmed {user['email']}")
         else:
             if len(args.args) < 2:
                 raise SystemExit("Not enough arguments to editrole command. Expected email or ID and the role")
@@ -3414,15 +3445,16 @@ def validate_cli(check, value):
 COMMANDS = {"serve": "serve the API (the default)",
             "multi": "serve many sites from one process (multi-instance mode; needs GOTRUE_OPERATOR_TOKEN)",
             "migrate": "create or upgrade the database schema (same as migrate.py)",
-            "admin": "manage users: admin createuser|deleteuser|editrole ... (see admin --help)",
+            "admin": "manage users: admin createuser|deleteuser|editrole|confirm ... (see admin --help)",
             "version": "print the version"}
 
 
 def admin_parser():
     admin = argparse.ArgumentParser(prog="gotrue.py admin", description="Manage users from the command line.")
-    admin.add_argument("action", choices=("createuser", "deleteuser", "editrole"))
+    admin.add_argument("action", choices=("createuser", "deleteuser", "editrole", "confirm"))
     admin.add_argument("args", nargs="*", metavar="ARG",
-                       help="createuser EMAIL PASSWORD [ROLE] | deleteuser EMAIL|ID | editrole EMAIL|ID ROLE")
+                       help="createuser EMAIL PASSWORD [ROLE] | deleteuser EMAIL|ID | editrole EMAIL|ID ROLE | "
+                            "confirm EMAIL|ID (keeps the password: the server's operator vouches for it)")
     admin.add_argument("-a", "--aud", help="audience (default: GOTRUE_JWT_AUD)")
     admin.add_argument("-i", "--instance_id", help="accepted for compatibility; this server has one instance")
     admin.add_argument("--confirm", action="store_true", help="create the user confirmed")
