@@ -51,6 +51,7 @@ import pymysql
 import waitress.channel
 import waitress.server
 import waitress.task
+import waitress.wasyncore
 from dotenv import dotenv_values
 
 VERSION = "0.1.0"
@@ -88,6 +89,7 @@ SETTINGS = [
     ("API_EXPORT_SECRET", str, ""),
     ("API_THREADS", int, 8),                      # ours: waitress worker threads
     ("API_WORKERS", int, 1),                      # ours: processes serving the one port
+    ("SHUTDOWN_TIMEOUT_SEC", int, 10),             # ours: how long SIGTERM waits for requests under way
     ("DB_DRIVER", str, "sqlite"),                 # ours: sqlite by default, mysql for production
     ("DB_DATABASE_URL", str, "gotrue.db", "DATABASE_URL"),
     ("DB_NAMESPACE", str, ""),
@@ -375,6 +377,9 @@ def setup_logging(cfg):
         old.close()
     root.handlers[:] = [handler]
     root.setLevel(LOG_LEVELS[cfg.log_level.lower()])
+    # waitress warns of its queue depth on every request that waits for a thread: noise that
+    # cost more than the request under load
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 
 # ============================================================================================
@@ -3344,17 +3349,38 @@ def serve(cfg):
 
 
 def run_worker(cfg, sock):
-    """waitress's threads on the listening socket, until SIGTERM or SIGINT."""
+    """waitress's threads on the listening socket, until SIGTERM or SIGINT; then the requests
+    under way are finished and answered (for at most SHUTDOWN_TIMEOUT_SEC) before it exits."""
     server = waitress.server.create_server(wsgi, sockets=[sock], threads=cfg.api_threads, ident="gotrue",
                                            max_request_body_size=2 * MAX_BODY, clear_untrusted_proxy_headers=True)
     server.channel_class = JSONErrorChannel
 
     def stop(signum, frame):
-        raise SystemExit(0)  # waitress catches it, stops accepting and lets its threads finish
+        raise SystemExit(0)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: setup_logging(cfg))
-    server.run()
+    try:
+        server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map)
+    except (SystemExit, KeyboardInterrupt):
+        drain(server, cfg.shutdown_timeout_sec)
+
+
+def drain(server, seconds):
+    """Stop accepting, then keep waitress's loop turning (it is what writes the answers) until
+    no request is under way or `seconds` have passed."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the listening socket only (waitress's own close() also stops the trigger the threads need)
+    waitress.wasyncore.dispatcher.close(server)
+    dispatcher, end = server.task_dispatcher, time.monotonic() + seconds
+
+    def busy():
+        channels = [c for c in server._map.values() if isinstance(c, waitress.channel.HTTPChannel)]
+        return dispatcher.active_count or dispatcher.queue or any(c.requests or c.total_outbufs_len for c in channels)
+    while busy() and time.monotonic() < end:
+        server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+    dispatcher.shutdown(timeout=max(0.1, end - time.monotonic()))
+    A.db.close()
 
 
 def supervise(cfg, sock):
