@@ -358,7 +358,7 @@ def test_nginx_proxies_the_identity_path_and_the_client_address(tmp_path, daemon
 
 def client_failures(server, address):
     """Failed logins gotrue.py counted for a client address (its rate_limits bucket)."""
-    rows = server.sql("SELECT hits FROM {rate_limits} WHERE bucket = ?", gotrue.bucket("client", address))
+    rows = server.sql("SELECT hits FROM {rate_limits} WHERE bucket = ?", gotrue.bucket("client", gotrue.NIL_UUID, address))
     return rows[0]["hits"] if rows else 0
 
 
