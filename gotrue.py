@@ -3420,8 +3420,14 @@ def supervise(cfg, sock):
 
 
 def admin_command(cfg, args):
-    """`admin createuser|deleteuser|editrole`: how a new site makes its first admin."""
+    """`admin createuser|deleteuser|editrole|confirm`: how a new site makes its first admin.
+    With -i, on that instance (multi-instance mode)."""
     create_app(cfg)
+    if args.instance_id:
+        CURRENT.site = A.instances.get(args.instance_id) if is_uuid(args.instance_id) else None
+        if CURRENT.site is None:
+            raise SystemExit(f"Error finding instance {args.instance_id}")
+        cfg = CURRENT.site
     aud = args.aud if args.aud is not None else cfg.jwt_aud
     if args.action == "createuser":
         if len(args.args) < 2:
@@ -3482,7 +3488,7 @@ def admin_parser():
                        help="createuser EMAIL PASSWORD [ROLE] | deleteuser EMAIL|ID | editrole EMAIL|ID ROLE | "
                             "confirm EMAIL|ID (keeps the password: the server's operator vouches for it)")
     admin.add_argument("-a", "--aud", help="audience (default: GOTRUE_JWT_AUD)")
-    admin.add_argument("-i", "--instance_id", help="accepted for compatibility; this server has one instance")
+    admin.add_argument("-i", "--instance_id", help="the instance to act on (multi-instance mode)")
     admin.add_argument("--confirm", action="store_true", help="create the user confirmed")
     admin.add_argument("--admin", action="store_true", help="give the user the admin role")
     admin.add_argument("--superadmin", action="store_true", help="make the user a super admin")
@@ -3494,12 +3500,14 @@ def main(argv=None):
         prog="gotrue.py", description="GoTrue-compatible user management API.", formatter_class=argparse.RawTextHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {name:9} {text}" for name, text in COMMANDS.items()))
     parser.add_argument("-c", "--config", help="dotenv file to load (default: .env if present)")
+    parser.add_argument("-i", "--instance_id", help="the instance (admin commands, multi-instance mode)")
     parser.add_argument("command", nargs="?", default="serve", choices=COMMANDS, metavar="COMMAND")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command == "admin":
         # options may stand anywhere among the arguments, as with upstream's CLI
         admin_args = admin_parser().parse_intermixed_args(args.rest)
+        admin_args.instance_id = admin_args.instance_id or args.instance_id
     elif args.rest:
         parser.error(f"unexpected arguments: {' '.join(args.rest)}")
     if args.command == "version":
