@@ -445,6 +445,15 @@ class ThreadState(threading.local):
     depth = 0  # how many transaction() blocks it is inside
 
 
+def read_your_writes(conn):
+    """On a Galera node, reads wait until the node has applied what other nodes committed before
+    them (wsrep_sync_wait=1): a login right after a signup made on another node finds the user."""
+    with contextlib.suppress(pymysql.err.Error), conn.cursor() as cur:  # plain MySQL has no wsrep
+        cur.execute("SELECT @@wsrep_on")
+        if cur.fetchone()[0] in (1, "ON"):
+            cur.execute("SET SESSION wsrep_sync_wait = 1")
+
+
 class DatabaseUnavailable(Exception):
     """No database server could be reached: a 503, and the request may be tried again."""
 
@@ -462,6 +471,9 @@ class Database:
         self.local = ThreadState()
         self.statements = {}
         self.for_update = " FOR UPDATE" if self.driver == "mysql" else ""  # SQLite: BEGIN IMMEDIATE
+        self.upsert_hit = "INSERT INTO {rate_limits} (bucket, hits, expires_at) VALUES (?, 1, ?) " + (
+            "ON DUPLICATE KEY UPDATE hits = hits + 1, expires_at = VALUES(expires_at)" if self.driver == "mysql"
+            else "ON CONFLICT (bucket) DO UPDATE SET hits = hits + 1, expires_at = excluded.expires_at")
         if self.driver == "mysql":
             self.IntegrityError, self.Error = pymysql.err.IntegrityError, pymysql.err.Error
             field = "JSON_UNQUOTE(JSON_EXTRACT({0}, '$.{1}'))"
@@ -488,6 +500,7 @@ class Database:
                                        read_timeout=self.timeouts[1], write_timeout=self.timeouts[1],
                                        init_command="SET time_zone = '+00:00'")
                 self.good_host = n
+                read_your_writes(conn)
                 return conn
             except pymysql.err.OperationalError as e:
                 error = e
@@ -1089,29 +1102,24 @@ def blocked_for(names):
     """Seconds until all the buckets let a request through (0: now), and whether any exists."""
     rows = A.db.query("SELECT blocked_until FROM {rate_limits} WHERE bucket IN (%s)" % ", ".join("?" * len(names)),
                       *names)
-    stamp = now()
+    stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # with its fraction: a whole-second wait
     waits = [(db_time(r["blocked_until"]) - stamp).total_seconds() for r in rows if r["blocked_until"]]
-    return max([0, *[int(w) + 1 for w in waits if w > 0]]), bool(rows)
+    return max([0, *[math.ceil(w) for w in waits if w > 0]]), bool(rows)
 
 
-def record_failure(name, threshold):
-    """One more failure in a row: from the threshold on, the bucket blocks for a time that
-    doubles with each failure (1 s, 2 s, 4 s ... MAX_BACKOFF). A day without failures forgets."""
+def record_failures(buckets):
+    """One more failure in a row for each (bucket, threshold), in one transaction: from the
+    threshold on, a bucket blocks for a time that doubles with each failure (1 s, 2 s, 4 s ...
+    MAX_BACKOFF). The count is an atomic upsert, so concurrent failures (on any node) all count,
+    once each. A day without failures forgets."""
     stamp = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with A.db.transaction():
-        row = A.db.one("SELECT hits FROM {rate_limits} WHERE bucket = ?" + A.db.for_update, name)
-        hits = (row["hits"] if row else 0) + 1
-        until = None
-        if hits >= threshold:  # rounded up to a whole second: MySQL keeps no fractions
-            until = stamp + dt.timedelta(seconds=min(2 ** (hits - threshold), MAX_BACKOFF) + 1 - stamp.microsecond / 1e6)
-            until = until.replace(microsecond=0)
-        args = (hits, until, stamp + dt.timedelta(days=1), name)
-        if row:
-            A.db.execute("UPDATE {rate_limits} SET hits = ?, blocked_until = ?, expires_at = ? WHERE bucket = ?", *args)
-        else:
-            with contextlib.suppress(A.db.IntegrityError):  # a concurrent first failure counted
-                A.db.execute("INSERT INTO {rate_limits} (hits, blocked_until, expires_at, bucket) VALUES (?, ?, ?, ?)",
-                             *args)
+        for name, threshold in buckets:
+            A.db.execute(A.db.upsert_hit, name, stamp + dt.timedelta(days=1))
+            hits = A.db.one("SELECT hits FROM {rate_limits} WHERE bucket = ?", name)["hits"]
+            if hits >= threshold:  # rounded up to a whole second: MySQL keeps no fractions
+                until = stamp + dt.timedelta(seconds=min(2 ** (hits - threshold), MAX_BACKOFF) + 1 - stamp.microsecond / 1e6)
+                A.db.execute("UPDATE {rate_limits} SET blocked_until = ? WHERE bucket = ?", until.replace(microsecond=0), name)
 
 
 def take_token(name, burst, every):
@@ -2682,8 +2690,7 @@ def password_grant(username, password):
         raise APIError(429, "Too many failed login attempts, try again later", headers=[("Retry-After", str(wait))])
     user = find_user_by_email(username, aud) if username else None
     if not password_matches(user, password):
-        for name, threshold in buckets:
-            record_failure(name, threshold)
+        record_failures(buckets)
         raise oauth_error("invalid_grant", "No user found with that email, or password invalid.")
     if counted:
         clear_buckets([name for name, _ in buckets])

@@ -92,6 +92,13 @@ def run_cli(*args, env=None, cwd=None, timeout=60):
     ({"GOTRUE_TRACING_TAGS": "novalue"}, "GOTRUE_TRACING_TAGS"),
     ({"LOG_LEVEL": "loud"}, "GOTRUE_LOG_LEVEL"),
     ({"GOTRUE_SITE_URL": "not a url"}, "GOTRUE_SITE_URL"),
+    ({"PORT": "abc"}, "PORT:"),                                        # named as the user spelled it
+    ({"GOTRUE_JWT_EXP": "-5"}, "GOTRUE_JWT_EXP"),                      # tokens born expired
+    ({"GOTRUE_JWT_REFRESH_TOKEN_LIFETIME": "-1"}, "GOTRUE_JWT_REFRESH_TOKEN_LIFETIME"),
+    ({"GOTRUE_WEBHOOK_EVENTS": "signup,Login"}, "GOTRUE_WEBHOOK_EVENTS"),  # upstream ignored it silently
+    ({"DATABASE_URL": "root@tcp(127.0.0.1:3306)/gotrue"}, "is not a SQLite path"),  # Go DSN, driver left at sqlite
+    ({"GOTRUE_API_WORKERS": "0"}, "GOTRUE_API_WORKERS"),
+    ({"GOTRUE_EXTERNAL_OIDC_NAME": "github"}, "GOTRUE_EXTERNAL_OIDC_NAME"),
 ])
 def test_bad_config_fails_fast_with_one_clear_line(tmp_path, env, names):
     result = run_cli(env=env, cwd=tmp_path)
@@ -152,3 +159,20 @@ def _answers(url):
         return requests.get(url, timeout=1).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def test_serving_an_unmigrated_sqlite_path_creates_no_file(tmp_path):
+    result = run_cli(env={"DATABASE_URL": str(tmp_path / "fresh.db"), "GOTRUE_JWT_SECRET": "x" * 40}, cwd=tmp_path)
+    assert result.returncode == 1 and "migrate.py" in result.stderr, result.stderr
+    assert not (tmp_path / "fresh.db").exists()
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        env = {"PORT": str(taken.getsockname()[1]), "GOTRUE_API_HOST": "127.0.0.1", "GOTRUE_JWT_SECRET": "x" * 40,
+               "DATABASE_URL": str(tmp_path / "gt.db")}
+        assert run_cli("migrate", env=env, cwd=tmp_path).returncode == 0
+        result = run_cli(env=env, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("gotrue.py: cannot listen on 127.0.0.1:"), result.stderr
