@@ -2338,7 +2338,8 @@ def wsgi(environ, start_response):
     result = app(environ, start) if TRACER is None else traced_app(environ, start, status_seen)
     if environ["PATH_INFO"] != "/health" and LINES and log.isEnabledFor(logging.INFO):
         LINES.write_line("INFO", "request completed", {
-            "method": method, "route": environ.get("gotrue.route", "-"), "status": (status_seen or ["?"])[0][:3],
+            "method": method, "path": repr(environ["PATH_INFO"]), "route": environ.get("gotrue.route", "-"),
+            "status": (status_seen or ["?"])[0][:3],
             "duration_ms": round((time.monotonic() - started) * 1000, 1), "request_id": environ["gotrue.request_id"],
             "instance": environ.get("gotrue.instance", NIL_UUID)})
     return result
