@@ -3508,6 +3508,8 @@ def drain(server, seconds):
         server.asyncore.loop(timeout=0.05, map=server._map, count=1)
     dispatcher.shutdown(timeout=max(0.1, end - time.monotonic()))
     A.db.close()
+    if TRACER is not None:  # send the last spans: a worker ends with os._exit, which skips atexit
+        TRACER.shutdown(timeout=max(0.5, end - time.monotonic()))
 
 
 def supervise(cfg, sock):
