@@ -444,10 +444,17 @@ def traced(name, resource, **tags):
     if TRACER is None:
         yield
         return
-    with TRACER.trace(name, resource=resource) as span:
-        for key, value in tags.items():
-            span.set_tag(key.replace("_", "."), value)
+    span = TRACER.trace(name, resource=resource)
+    for key, value in tags.items():
+        span.set_tag(key.replace("_", "."), value)
+    try:
         yield
+    except BaseException as e:  # the error's kind only: a database's message may quote an address
+        span.error = 1
+        span.set_tag("error.type", type(e).__name__)
+        raise
+    finally:
+        span.finish()
 
 
 # ============================================================================================
@@ -2350,7 +2357,7 @@ def traced_app(environ, start, status_seen):
     with TRACER.trace("http.request", span_type="web") as span:
         result = app(environ, start)
         status = int((status_seen or ["500"])[0].split()[0])
-        span.resource = f"{environ['REQUEST_METHOD']} {environ.get('gotrue.route', environ['PATH_INFO'])}"
+        span.resource = f"{environ['REQUEST_METHOD']} {environ.get('gotrue.route', status)}"  # a 404: "GET 404"
         for key, value in (("http.method", environ["REQUEST_METHOD"]), ("http.status_code", str(status)),
                            ("http.route", environ.get("gotrue.route", "")), ("request_id", environ["gotrue.request_id"])):
             span.set_tag(key, value)
