@@ -3559,7 +3559,7 @@ def admin_command(cfg, args):
     """`admin createuser|deleteuser|editrole|confirm`: how a new site makes its first admin.
     With -i, on that instance (multi-instance mode)."""
     create_app(cfg)
-    if args.instance_id:
+    if args.instance_id and cfg.multiinstancemode:  # single-instance mode accepts and ignores it, as before
         CURRENT.site = A.instances.get(args.instance_id) if is_uuid(args.instance_id) else None
         if CURRENT.site is None:
             raise SystemExit(f"Error finding instance {args.instance_id}")
