@@ -383,18 +383,18 @@ class LineHandler(logging.Handler):
 
     second, second_text, json = None, "", False
 
-
-class JSONFormatter(logging.Formatter):
-    def format(self, record):
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname, "msg": record.getMessage()},
-                          ensure_ascii=False)
-
     def close(self):
         if self.owned:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.owned = False
         super().close()
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record):
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname, "msg": record.getMessage()},
+                          ensure_ascii=False)
 
 
 def setup_logging(cfg):
@@ -692,7 +692,7 @@ class Database:
         if isinstance(error, DatabaseUnavailable):
             return True
         if self.driver == "sqlite":
-            return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+            return isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "unable to open" in str(error))
         return self.is_lost_connection(error) or (isinstance(error, pymysql.err.OperationalError)
                                                   and bool(error.args) and error.args[0] in (1047, 1053, 1927, 2003))
 
@@ -1403,6 +1403,11 @@ class AfterAnswer:
             self.queue.put_nowait((site(), fn, args))
         except queue.Full:
             raise APIError(503, "Too many requests in progress, try again later") from None
+
+    def drain(self, deadline):
+        """Wait (until the monotonic `deadline`) for the work already promised."""
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def run(self):
         while True:
@@ -3446,8 +3451,8 @@ def create_app(cfg, check_schema=True):
             A.templates[kind] = f.read()
     missing_file = cfg.db_driver == "sqlite" and not os.path.exists(A.db.params["path"])  # opening would create it
     if check_schema and (missing_file or SCHEMA_VERSION not in A.db.applied_versions()):
-        raise ConfigError(f"the database schema is missing or out of date ({cfg.db_driver}: "
-                          f"{cfg.db_database_url}): run `python migrate.py` first")
+        raise ConfigError(f"the database schema is missing or out of date ({A.db.describe()}): "
+                          "run `python migrate.py` first")
     return A
 
 
@@ -3514,6 +3519,7 @@ def drain(server, seconds):
     while busy() and time.monotonic() < end:
         server.asyncore.loop(timeout=0.05, map=server._map, count=1)
     dispatcher.shutdown(timeout=max(0.1, end - time.monotonic()))
+    AFTER_ANSWER.drain(end)  # a recovery mail promised by a 200 still goes out
     A.db.close()
     if TRACER is not None:  # send the last spans: a worker ends with os._exit, which skips atexit
         TRACER.shutdown(timeout=max(0.5, end - time.monotonic()))
@@ -3540,6 +3546,7 @@ def supervise(cfg, sock):
             setup_logging(cfg)
         else:
             stopping.append(signum)
+            sock.close()  # this process's copy too, or the kernel would go on accepting for nobody
         for pid in list(workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)

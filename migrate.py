@@ -56,7 +56,8 @@ def find_duplicates(db):
 
 def migrate(cfg):
     db = gotrue.Database(cfg)
-    where = f"{cfg.db_driver} database {cfg.db_database_url!r}" + (f", namespace {cfg.db_namespace!r}" if cfg.db_namespace else "")
+    # named without its password: this line is printed
+    where = f"database {db.describe()}" + (f", namespace {cfg.db_namespace!r}" if cfg.db_namespace else "")
     try:
         return apply(db, where)
     except MigrationError as e:
