@@ -3487,6 +3487,9 @@ def serve(cfg):
     log.info("stopped")
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def run_worker(cfg, sock):
     """waitress's threads on the listening socket, until SIGTERM or SIGINT; then the requests
     under way are finished and answered (for at most SHUTDOWN_TIMEOUT_SEC) before it exits."""
@@ -3499,6 +3502,7 @@ def run_worker(cfg, sock):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: setup_logging(cfg))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked around fork by supervise()
     try:
         server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map)
     except (SystemExit, KeyboardInterrupt):
@@ -3532,8 +3536,13 @@ def supervise(cfg, sock):
     workers, stopping = set(), []
 
     def spawn():
+        # a signal between fork and run_worker's handlers would run this process's handler in the
+        # child: it waits, blocked, until the child can take it
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
-        if pid == 0:
+        if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        else:
             A.request_prefix = secrets.token_hex(6)
             try:
                 run_worker(cfg, sock)
