@@ -25,6 +25,7 @@ import gotrue
 from conftest import (DEADLINE, ROOT, Server, base_env, free_port, link_token, mail_html, migrate, unique_email,
                       wait_until)
 from mariadb_server import create_database
+from test_admin_users import check_error  # upstream's error body; a msg ending in '*' is a prefix
 from oauth_fakes import SHAPES
 
 OPERATOR = "operator-" + secrets.token_hex(24)
@@ -40,17 +41,6 @@ REFUSED = "gotrue.py: Operator token secret is required"
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def check_error(r, status, msg):
-    """Upstream's error body {"code","msg"}; a msg ending in '*' is a prefix."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == status and set(body) == {"code", "msg"}, body
-    if msg.endswith("*"):
-        assert body["msg"].startswith(msg[:-1]), body
-    else:
-        assert body["msg"] == msg, body
-
 
 def check_grant_error(r, description):
     assert r.status_code == 400, r.text
