@@ -141,7 +141,23 @@ def new_database(request, tmp_path):
 
 # --- servers -------------------------------------------------------------------------------
 
-class Server:
+class Verbs:
+    """get/post/put/delete over the class's own request(method, path, ...)."""
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def put(self, path, **kw):
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+
+class Server(Verbs):
     """A gotrue.py process on a free port, and a session of requests against it."""
 
     def __init__(self, workdir, env):
@@ -182,18 +198,6 @@ class Server:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return self.http.request(method, self.url + path, headers=headers, timeout=DEADLINE, **kw)
-
-    def get(self, path, **kw):
-        return self.request("GET", path, **kw)
-
-    def post(self, path, **kw):
-        return self.request("POST", path, **kw)
-
-    def put(self, path, **kw):
-        return self.request("PUT", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.request("DELETE", path, **kw)
 
     # direct database access, with gotrue.py's own query helper (`{users}` names a table)
     @property

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 import gotrue
-from conftest import (DEADLINE, ROOT, Server, base_env, free_port, link_token, mail_html, migrate, unique_email,
+from conftest import (DEADLINE, Verbs, ROOT, Server, base_env, free_port, link_token, mail_html, migrate, unique_email,
                       wait_until)
 from mariadb_server import create_database
 from test_admin_users import check_error  # upstream's error body; a msg ending in '*' is a prefix
@@ -111,7 +111,7 @@ def site_config(mailbox, name, **extra):
     return config
 
 
-class Site:
+class Site(Verbs):
     """One instance of a multi-instance server; its requests carry its x-nf-sign."""
 
     def __init__(self, server, body, config):
@@ -129,17 +129,6 @@ class Site:
         headers = {"x-nf-sign": self.sign(), **(headers or {})}
         return self.server.request(method, path, token=token, headers=headers, **kw)
 
-    def get(self, path, **kw):
-        return self.request("GET", path, **kw)
-
-    def post(self, path, **kw):
-        return self.request("POST", path, **kw)
-
-    def put(self, path, **kw):
-        return self.request("PUT", path, **kw)
-
-    def delete(self, path, **kw):
-        return self.request("DELETE", path, **kw)
 
     def signup(self, email=None, password="secret-pw", **kw):
         email = email or unique_email()
