@@ -430,6 +430,7 @@ def setup_tracing(cfg):
     os.environ["DD_TRACE_AGENT_URL"] = f"http://{cfg.tracing_host or 'localhost'}:{cfg.tracing_port or 8126}"
     os.environ["DD_SERVICE"] = cfg.tracing_service_name
     os.environ["DD_TAGS"] = ",".join(f"{k}:{v}" for k, v in cfg.tracing_tags.items())
+    os.environ["DD_TRACE_LOG_STREAM_HANDLER"] = "false"  # its messages go through our handler, in our format
     try:
         from ddtrace.trace import tracer
     except ImportError:
@@ -664,14 +665,21 @@ class Database:
             try:
                 yield
                 self.local.depth = 0
-                conn.commit()
+                self.end(conn.commit, "COMMIT")
             except BaseException:
                 self.local.depth = 0
                 try:
-                    conn.rollback()
+                    self.end(conn.rollback, "ROLLBACK")
                 except Exception:
                     self.close()  # a connection that cannot roll back is not used again
                 raise
+
+    def end(self, finish, verb):
+        """COMMIT or ROLLBACK: a db.query span of its own when tracing."""
+        if TRACER is None:
+            return finish()
+        with traced("db.query", verb, db_system=self.driver):
+            finish()
 
     def describe(self):
         """The database for a log line: the SQLite path, or MySQL's hosts and database, no password."""
@@ -2318,11 +2326,29 @@ class JSONErrorChannel(waitress.channel.HTTPChannel):
 
 
 def wsgi(environ, start_response):
-    """Outermost layer: request id, body limit, CORS (preflights end here) and a log line."""
+    """Outermost layer: a request id, the answer (in a span when tracing) and a log line."""
     started = time.monotonic()
     header = A.cfg.api_request_id_header
     environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
         or f"{A.request_prefix}-{next(REQUEST_COUNTER):x}"
+    status_seen = []
+
+    def start(status, headers, exc_info=None):
+        status_seen.append(status)
+        return start_response(status, headers, exc_info)
+
+    result = answer(environ, start) if TRACER is None else traced_answer(environ, start, status_seen)
+    if environ["PATH_INFO"] != "/health" and LINES and log.isEnabledFor(logging.INFO):
+        LINES.write_line("INFO", "request completed", {
+            "method": environ["REQUEST_METHOD"], "path": repr(environ["PATH_INFO"]),
+            "route": environ.get("gotrue.route", "-"), "status": (status_seen or ["?"])[0][:3],
+            "duration_ms": round((time.monotonic() - started) * 1000, 1), "request_id": environ["gotrue.request_id"],
+            "instance": environ.get("gotrue.instance", NIL_UUID)})
+    return result
+
+
+def answer(environ, start_response):
+    """Undecodable paths, CORS (preflights end here) and the body limit, then the routes."""
     origin, method = environ.get("HTTP_ORIGIN"), environ["REQUEST_METHOD"]
     try:  # bottle drops what it cannot decode, so /adm%FFin would reach /admin
         environ["PATH_INFO"].encode("latin-1").decode("utf-8")
@@ -2330,10 +2356,8 @@ def wsgi(environ, start_response):
         environ["PATH_INFO"] = "/%FF"  # matches no route: a 404
     if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
         return preflight(environ, start_response, origin)
-    status_seen = []
 
     def start(status, headers, exc_info=None):
-        status_seen.append(status)
         headers += [("Vary", "Origin"), NOSNIFF]
         if origin and method in CORS_METHODS:
             headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true")]
@@ -2347,22 +2371,16 @@ def wsgi(environ, start_response):
         body = json_bytes({"code": 413, "msg": "Request body too large (limit 1 MiB)"})
         start("413 Request Entity Too Large", [("Content-Type", "application/json")])
         return [body]
-    result = app(environ, start) if TRACER is None else traced_app(environ, start, status_seen)
-    if environ["PATH_INFO"] != "/health" and LINES and log.isEnabledFor(logging.INFO):
-        LINES.write_line("INFO", "request completed", {
-            "method": method, "path": repr(environ["PATH_INFO"]), "route": environ.get("gotrue.route", "-"),
-            "status": (status_seen or ["?"])[0][:3],
-            "duration_ms": round((time.monotonic() - started) * 1000, 1), "request_id": environ["gotrue.request_id"],
-            "instance": environ.get("gotrue.instance", NIL_UUID)})
-    return result
+    return app(environ, start)
 
 
-def traced_app(environ, start, status_seen):
-    """The request as one Datadog span: resource "METHOD /route/pattern", its status and id."""
+def traced_answer(environ, start, status_seen):
+    """The request as one Datadog span: resource "METHOD /route/pattern" (or "METHOD status"
+    where no route answered: a 404, a preflight, a 413), its status and id."""
     with TRACER.trace("http.request", span_type="web") as span:
-        result = app(environ, start)
+        result = answer(environ, start)
         status = int((status_seen or ["500"])[0].split()[0])
-        span.resource = f"{environ['REQUEST_METHOD']} {environ.get('gotrue.route', status)}"  # a 404: "GET 404"
+        span.resource = f"{environ['REQUEST_METHOD']} {environ.get('gotrue.route', status)}"
         for key, value in (("http.method", environ["REQUEST_METHOD"]), ("http.status_code", str(status)),
                            ("http.route", environ.get("gotrue.route", "")), ("request_id", environ["gotrue.request_id"])):
             span.set_tag(key, value)
@@ -3468,8 +3486,8 @@ def serve(cfg):
             log.warning("mail is not sent (no GOTRUE_SMTP_HOST): confirmations, recoveries and invites cannot "
                         "complete; set GOTRUE_MAILER_AUTOCONFIRM=true to try it locally, or confirm users with "
                         "`python gotrue.py admin confirm EMAIL`")
+    create_app(cfg)  # before the tracer: the schema check at start is no request's span
     setup_tracing(cfg)
-    create_app(cfg)
     A.db.close()  # each worker opens its own connections
     host = cfg.api_host or "0.0.0.0"
     try:

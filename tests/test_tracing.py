@@ -313,6 +313,7 @@ def test_request_spans_with_db_and_mail_children(make_server, engine, mailbox, a
             assert s is span or s["parent_id"] != 0, f"a second root in the trace of {step}: {s}"
     assert "INSERT" in verbs["signup"], verbs
     assert "UPDATE" in verbs["verify"], verbs
+    assert "COMMIT" in verbs["signup"] and "COMMIT" in verbs["verify"], verbs  # the end of a transaction too
     assert "SELECT" in verbs["user"] and "SELECT" in verbs["admin"], verbs
 
     # the confirmation mail of the signup
@@ -344,12 +345,42 @@ def test_spans_of_the_last_requests_are_sent_before_the_server_stops(make_server
 
 @SQLITE
 def test_unreachable_agent_does_not_disturb_requests(make_server, engine, mailbox):
+    """The tracer's complaints (it cannot send) are log lines in the server's format, like
+    every other line, not ddtrace's own plain text."""
     class Nobody:  # a port where no agent listens
         port = free_port()
     srv = make_server(engine, **tracing_env(Nobody))
     flow(srv, mailbox, "no-agent")
     srv.stop()
     assert srv.proc.returncode == 0, srv.log()
+    output = srv.log()
+    complaints = [line for line in output.splitlines() if "traces" in line]
+    assert complaints, f"the tracer said nothing about the unreachable agent:\n{output}"
+    assert all(line.startswith("time=") and " level=" in line for line in complaints), complaints
+
+
+@SQLITE
+def test_requests_answered_before_the_routes_are_spans_too(make_server, engine, agent):
+    """A CORS preflight, a body over the limit, /health and a 404 each become a request span;
+    the schema check at start is no span of its own (no root span but requests')."""
+    srv = make_server(engine, smtp=False, **tracing_env(agent))
+    cases = {"preflight": ("OPTIONS", "/token", {"Origin": "https://site.example",
+                                                 "Access-Control-Request-Method": "POST"}, None, 204),
+             "too-large": ("POST", "/signup", {"Content-Type": "application/json"}, b"x" * (1024 * 1024 + 1), 413),
+             "health": ("GET", "/health", {}, None, 200),
+             "missing": ("GET", "/no-such-route", {}, None, 404)}
+    for tag, (method, path, headers, body, status) in cases.items():
+        request_id = rid(tag)
+        r = srv.request(method, path, headers={RID: request_id, **headers}, data=body)
+        assert r.status_code == status, (tag, r.status_code, r.text)
+        span = agent.request_span(request_id)
+        if tag == "health":
+            check_request_span(span, method, "/health", status, request_id)
+            continue
+        assert span["resource"] == f"{method} {status}" and span["parent_id"] == 0, (tag, span)  # no route answered
+        assert span["meta"].get("http.status_code") == str(status) and span["meta"].get("team") == "auth", span
+    roots = [s for s in agent.snapshot() if s["parent_id"] == 0]
+    assert all(s["name"] == "http.request" for s in roots), [s for s in roots if s["name"] != "http.request"]
 
 
 @SQLITE
