@@ -347,13 +347,20 @@ LINES = None  # the LineHandler that logging writes to: the request log line goe
 
 
 class LineHandler(logging.Handler):
-    """Each record is one os.write of one line to an append-mode file (or stderr): lines stay
-    whole without a lock, so worker threads never queue behind each other to log."""
+    """Each record is one line in an append-mode file (or stderr). While a server runs, threads
+    only queue their info lines (a line per request) and one writer thread writes what has
+    queued, WRITE_EVERY seconds apart, in one os.write: a worker never waits for the disk, and
+    never gives up the GIL to write (under load, that hand-over cost more than the line).
+    Warnings and errors, and every line outside a server (CLI, start-up, stop), are written at
+    once, after what was queued before them."""
+
+    WRITE_EVERY = 0.05
 
     def __init__(self, path=None):
         super().__init__()
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640) if path else sys.stderr.fileno()
         self.owned = bool(path)
+        self.pending, self.writer, self.writing = collections.deque(), None, threading.Lock()
 
     def handle(self, record):
         if self.filter(record):
@@ -362,9 +369,46 @@ class LineHandler(logging.Handler):
 
     def emit(self, record):
         try:
-            os.write(self.fd, (self.format(record) + "\n").encode("utf-8", "replace"))
+            self.put(self.format(record), urgent=record.levelno >= logging.WARNING)
         except Exception:
             self.handleError(record)
+
+    def put(self, line, urgent=False):
+        if self.writer is None or urgent:
+            self.flush(line)
+        else:
+            self.pending.append(line)
+
+    def write(self, lines):
+        data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+        with contextlib.suppress(OSError):
+            while data:  # a signal can cut a write to a pipe short
+                data = data[os.write(self.fd, data):]
+
+    def flush(self, *lines):
+        """Write what is queued, then `lines`."""
+        with self.writing:
+            queued = [self.pending.popleft() for _ in range(len(self.pending))]
+            if queued or lines:
+                self.write(queued + list(lines))
+
+    def start_writer(self):
+        stop = threading.Event()
+
+        def write_until_stopped():
+            while not stop.wait(self.WRITE_EVERY):
+                self.flush()
+        self.writer = threading.Thread(target=write_until_stopped, name="log-writer", daemon=True)
+        self.writer.stop = stop
+        self.writer.start()
+
+    def stop_writer(self):
+        """Write what is queued; from now on each line is written at once."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.stop.set()
+            writer.join()
+        self.flush()
 
     def write_line(self, level, message, fields):
         """A line in the format's own shape, without building a LogRecord: the request log line,
@@ -375,15 +419,14 @@ class LineHandler(logging.Handler):
             self.second, self.second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         when = f"{self.second_text},{int(stamp % 1 * 1000):03d}"
         if self.json:
-            line = json.dumps({"time": when, "level": level, "msg": message, **fields}, ensure_ascii=False)
+            self.put(json.dumps({"time": when, "level": level, "msg": message, **fields}, ensure_ascii=False))
         else:
-            line = " ".join([f"time={when} level={level} msg={message}", *(f"{k}={v}" for k, v in fields.items())])
-        with contextlib.suppress(OSError):
-            os.write(self.fd, (line + "\n").encode("utf-8", "replace"))
+            self.put(" ".join([f"time={when} level={level} msg={message}", *(f"{k}={v}" for k, v in fields.items())]))
 
     second, second_text, json = None, "", False
 
     def close(self):
+        self.stop_writer()
         if self.owned:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
@@ -404,12 +447,15 @@ def setup_logging(cfg):
     handler.setFormatter(JSONFormatter() if handler.json else
                          logging.Formatter("time=%(asctime)s level=%(levelname)s msg=%(message)s"))
     root = logging.getLogger()
+    global LINES
+    serving = LINES is not None and LINES.writer is not None
+    LINES = handler
     for old in root.handlers:
         old.close()
     root.handlers[:] = [handler]
     root.setLevel(LOG_LEVELS[cfg.log_level.lower()])
-    global LINES
-    LINES = handler
+    if serving:
+        handler.start_writer()
     # waitress warns of its queue depth on every request that waits for a thread: noise that
     # cost more than the request under load
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -528,6 +574,26 @@ def read_your_writes(conn):
         cur.execute("SELECT @@wsrep_on")
         if cur.fetchone()[0] in (1, "ON"):
             cur.execute("SET SESSION wsrep_sync_wait = 1")
+
+
+FIELD_PACKETS = {}  # (column-definition packet, encoding) -> PyMySQL's parsed packet
+
+
+def parsed_field_packet(data, encoding):
+    """PyMySQL parses, in Python, the description of every column of every result set: the
+    same bytes for the same query each time, and most of a short query's cost. Each distinct
+    packet is parsed once per process (the parsed packet is only read after parsing, so threads
+    share it). Our SQL is fixed text, so the distinct packets are few; the bound is a safeguard."""
+    key = (data, encoding)
+    packet = FIELD_PACKETS.get(key)
+    if packet is None:
+        if len(FIELD_PACKETS) > 4096:
+            FIELD_PACKETS.clear()
+        packet = FIELD_PACKETS[key] = pymysql.protocol.FieldDescriptorPacket(data, encoding)
+    return packet
+
+
+pymysql.connections.FieldDescriptorPacket = parsed_field_packet  # the name PyMySQL reads it by
 
 
 class DatabaseUnavailable(Exception):
@@ -735,11 +801,32 @@ def now():
 
 def iso_time(value):
     """RFC 3339 in UTC as Go prints it: fractional seconds only when non-zero, trailing zeros cut."""
-    value = db_time(value)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += (".%06d" % value.microsecond).rstrip("0")
-    return text + "Z"
+    text = db_time(value).isoformat()  # "2026-01-02T03:04:05" and ".000120" when non-zero
+    return (text.rstrip("0") if "." in text else text) + "Z"
+
+
+class RandomBytes(threading.local):
+    """Randomness for ids (not secrets), 4 KB of os.urandom at a time per thread: each urandom
+    call gives up the GIL, which under load costs more than the bytes. A forked child starts
+    afresh, so two processes never hand out the same ids."""
+
+    def __init__(self):
+        self.buffer, self.used = b"", 0
+
+    def take(self, n):
+        if self.used + n > len(self.buffer):
+            self.buffer, self.used = os.urandom(4096), 0
+        self.used += n
+        return self.buffer[self.used - n:self.used]
+
+
+ID_BYTES = RandomBytes()
+os.register_at_fork(after_in_child=ID_BYTES.__init__)
+
+
+def new_uuid():
+    """A random (version 4) UUID: users', audit entries' and instances' ids."""
+    return str(uuid.UUID(bytes=ID_BYTES.take(16), version=4))
 
 
 def new_token():
@@ -751,7 +838,12 @@ def same_secret(a, b):
     return hmac.compare_digest(str(a or "").encode(), str(b or "").encode())
 
 
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def is_uuid(value):
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):  # what ids nearly always look like
+        return True
     try:
         uuid.UUID(str(value))
         return True
@@ -843,8 +935,10 @@ def load_meta(raw):
     if raw in (None, "", b""):
         return {}
     try:
-        value = STRICT_JSON.decode(raw if isinstance(raw, str) else raw.decode("utf-8"))
-        if json_depth(value) > MAX_JSON_DEPTH:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+        value = STRICT_JSON.decode(text)
+        # each level opens a bracket: fewer brackets than the limit cannot be too deep
+        if text.count("{") + text.count("[") >= MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:
             raise ValueError("nested too deeply")
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         log.warning("unreadable metadata in the database (%s): shown as {}", str(e)[:80])
@@ -879,6 +973,10 @@ USER_TIMES = ("confirmed_at", "invited_at", "confirmation_sent_at", "recovery_se
 USER_FIELDS = ("aud", "role", "email", "encrypted_password", *USER_TIMES, "confirmation_token", "recovery_token",
                "email_change_token", "email_change", "email_change_sent_at", "last_sign_in_at", "app_metadata",
                "user_metadata", "is_super_admin")  # what save_user may write
+
+
+USER_JSON_COLUMNS = ", ".join(["id", "aud", "role", "email", *USER_TIMES, "email_change", "email_change_sent_at",
+                               "last_sign_in_at", "raw_app_meta_data", "raw_user_meta_data", "created_at", "updated_at"])
 
 
 def user_json(user, with_password=False):
@@ -917,17 +1015,17 @@ def plausible_email(address):
         return False
 
 
-def find_user(where, *args, lock=False):
+def find_user(where, *args, lock=False, columns="*"):
     """One user; `lock` holds its row until the transaction ends (read-modify-write)."""
-    return read_user(A.db.one("SELECT * FROM {users} WHERE " + where + (A.db.for_update if lock else ""), *args))
+    return read_user(A.db.one(f"SELECT {columns} FROM {{users}} WHERE " + where + (A.db.for_update if lock else ""), *args))
 
 
 def find_user_by_email(email, aud):
     return find_user("instance_id = ? AND aud = ? AND email = ?", site().instance_id, aud, email.lower())
 
 
-def find_user_by_id(user_id, lock=False):
-    return find_user("instance_id = ? AND id = ?", site().instance_id, str(user_id), lock=lock)
+def find_user_by_id(user_id, lock=False, columns="*"):
+    return find_user("instance_id = ? AND id = ?", site().instance_id, str(user_id), lock=lock, columns=columns)
 
 
 def find_user_by_token(column, token):
@@ -942,7 +1040,7 @@ def find_user_by_token(column, token):
 
 def new_user(email, password_hash, aud, user_metadata=None, provider="email"):
     stamp = now()
-    return {"instance_id": site().instance_id, "id": str(uuid.uuid4()), "aud": aud,
+    return {"instance_id": site().instance_id, "id": new_uuid(), "aud": aud,
             "role": site().jwt_default_group_name, "email": email.lower(),
             "encrypted_password": password_hash, "confirmed_at": None, "invited_at": None,
             "confirmation_token": "", "confirmation_sent_at": None, "recovery_token": "",
@@ -1087,11 +1185,10 @@ def verify_access_token(token):
     return claims
 
 
-def issue_refresh_token(user, parent=None):
-    token, stamp = new_token(), now()
+def store_refresh_token(user, token, parent=None):
+    stamp = now()
     A.db.execute("INSERT INTO {refresh_tokens} (instance_id, token, user_id, revoked, parent, created_at, updated_at)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?)", site().instance_id, token, user["id"], False, parent, stamp, stamp)
-    return token
 
 
 def revoke_descendants(token):
@@ -1114,10 +1211,17 @@ def revoke_sessions(user, keep=None):
             A.db.execute("UPDATE {refresh_tokens} SET revoked = ?, updated_at = ? WHERE id = ?", True, now(), row["id"])
 
 
-def token_response(user, parent=None):
-    refresh = issue_refresh_token(user, parent)
+def new_tokens(user):
+    """A new refresh token and the access token of its session; store_refresh_token stores it."""
+    refresh = new_token()
     return {"access_token": access_token(user, refresh), "token_type": "bearer", "expires_in": site().jwt_exp,
             "refresh_token": refresh}
+
+
+def token_response(user, parent=None):
+    tokens = new_tokens(user)
+    store_refresh_token(user, tokens["refresh_token"], parent)
+    return tokens
 
 
 OPERATOR = {"id": NIL_UUID, "email": "operator@netlify.com", "user_metadata": {}, "is_super_admin": True}
@@ -1140,7 +1244,7 @@ def audit(actor, *actions, target=None):
             payload["actor_name"] = name
         if target:
             payload["traits"] = {"user_id": target["id"], "user_email": target["email"]}
-        rows += [site().instance_id, str(uuid.uuid4()), json.dumps(payload), stamp]
+        rows += [site().instance_id, new_uuid(), json.dumps(payload), stamp]
     A.db.execute("INSERT INTO {audit_log_entries} (instance_id, id, payload, created_at) VALUES "
                  + ", ".join(["(?, ?, ?, ?)"] * len(actions)), *rows)
     return rows[-3]
@@ -2156,6 +2260,7 @@ BEARER = re.compile(r"[Bb]earer (\S+)")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 app = bottle.Bottle()
+app.uninstall(bottle.JSONPlugin)  # every route answers bytes through reply(): one wrapper less per request
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY
 request = bottle.request
 
@@ -2180,21 +2285,26 @@ def oauth_error(code, description="", headers=()):
     return APIError(400, description, oauth=code, headers=headers)
 
 
+JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps would make one per call
+
+
 def json_bytes(body):
     # Go's encoder escapes <, > and &: do the same so the bytes match upstream's.
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = JSON_ENCODER.encode(body)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
 def reply(body, status=200, headers=()):
-    resp = bottle.HTTPResponse(body=json_bytes(body) if body is not None else b"", status=status)
-    if body is not None:
-        resp.set_header("Content-Type", "application/json")
+    if body is None:
+        resp = bottle.HTTPResponse(b"", status)
+    else:
+        resp = bottle.HTTPResponse(json_bytes(body), status, JSON_TYPE)
     for name, value in headers:
         resp.add_header(name, value)
     return resp
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]  # on what carries tokens or a user
 
 
@@ -2331,17 +2441,11 @@ def wsgi(environ, start_response):
     header = A.cfg.api_request_id_header
     environ["gotrue.request_id"] = (header and environ.get("HTTP_" + header.upper().replace("-", "_"))) \
         or f"{A.request_prefix}-{next(REQUEST_COUNTER):x}"
-    status_seen = []
-
-    def start(status, headers, exc_info=None):
-        status_seen.append(status)
-        return start_response(status, headers, exc_info)
-
-    result = answer(environ, start) if TRACER is None else traced_answer(environ, start, status_seen)
+    result = answer(environ, start_response) if TRACER is None else traced_answer(environ, start_response)
     if environ["PATH_INFO"] != "/health" and LINES and log.isEnabledFor(logging.INFO):
         LINES.write_line("INFO", "request completed", {
             "method": environ["REQUEST_METHOD"], "path": repr(environ["PATH_INFO"]),
-            "route": environ.get("gotrue.route", "-"), "status": (status_seen or ["?"])[0][:3],
+            "route": environ.get("gotrue.route", "-"), "status": environ.get("gotrue.status", "?")[:3],
             "duration_ms": round((time.monotonic() - started) * 1000, 1), "request_id": environ["gotrue.request_id"],
             "instance": environ.get("gotrue.instance", NIL_UUID)})
     return result
@@ -2358,6 +2462,7 @@ def answer(environ, start_response):
         return preflight(environ, start_response, origin)
 
     def start(status, headers, exc_info=None):
+        environ["gotrue.status"] = status
         headers += [("Vary", "Origin"), NOSNIFF]
         if origin and method in CORS_METHODS:
             headers += [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true")]
@@ -2374,12 +2479,12 @@ def answer(environ, start_response):
     return app(environ, start)
 
 
-def traced_answer(environ, start, status_seen):
+def traced_answer(environ, start):
     """The request as one Datadog span: resource "METHOD /route/pattern" (or "METHOD status"
     where no route answered: a 404, a preflight, a 413), its status and id."""
     with TRACER.trace("http.request", span_type="web") as span:
         result = answer(environ, start)
-        status = int((status_seen or ["500"])[0].split()[0])
+        status = int(environ.get("gotrue.status", "500")[:3])
         span.resource = f"{environ['REQUEST_METHOD']} {environ.get('gotrue.route', status)}"
         for key, value in (("http.method", environ["REQUEST_METHOD"]), ("http.status_code", str(status)),
                            ("http.route", environ.get("gotrue.route", "")), ("request_id", environ["gotrue.request_id"])):
@@ -2389,6 +2494,7 @@ def traced_answer(environ, start, status_seen):
 
 
 def preflight(environ, start_response, origin):
+    environ["gotrue.status"] = "204"
     headers = [("Vary", "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"), NOSNIFF]
     wanted = environ["HTTP_ACCESS_CONTROL_REQUEST_METHOD"].upper()
     asked = environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
@@ -2525,8 +2631,8 @@ def cookie_header(token=None):
     return ("Set-Cookie", f"{name}={token}; Path=/{extra}; HttpOnly; Secure; SameSite=Lax")
 
 
-def token_reply(user, parent=None):
-    tokens = token_response(user, parent)
+def token_reply(user, tokens=None):
+    tokens = tokens or token_response(user)
     wants_cookie = header("X-Use-Cookie") and site().cookie_duration > 0
     return reply(tokens, headers=NO_STORE + ([cookie_header(tokens["access_token"])] if wants_cookie else []))
 
@@ -2546,10 +2652,10 @@ def require_claims(token=None):
         raise APIError(401, f"Invalid token: {e}", headers=[cookie_header()])
 
 
-def current_user(claims, lock=False):
+def current_user(claims, lock=False, columns="*"):
     if not is_uuid(claims.get("sub")):
         raise APIError(400, "Could not read User ID claim")
-    user = find_user_by_id(claims["sub"], lock=lock)
+    user = find_user_by_id(claims["sub"], lock=lock, columns=columns)
     if not user:
         raise APIError(404, "User not found")
     return user
@@ -2618,7 +2724,7 @@ def settings():
     cfg = site()
     if getattr(cfg, "settings_reply", None) is None:  # a site's settings do not change: encoded once
         cfg.settings_reply = json_bytes(settings_body(cfg))
-    return bottle.HTTPResponse(cfg.settings_reply, 200, {"Content-Type": "application/json"})
+    return bottle.HTTPResponse(cfg.settings_reply, 200, JSON_TYPE)
 
 
 def settings_body(cfg):
@@ -2840,6 +2946,22 @@ def password_grant(username, password):
         return token_reply(user)
 
 
+REFRESH_COLUMNS = ("id", "token", "revoked", "created_at", "updated_at")
+REFRESH_USER_COLUMNS = ("id", "aud", "email", "raw_app_meta_data", "raw_user_meta_data")  # what the new tokens need
+REFRESH_LOOKUP = ("SELECT " + ", ".join([*(f"t.{c} AS t_{c}" for c in REFRESH_COLUMNS), *(f"u.{c}" for c in REFRESH_USER_COLUMNS)])
+                  + " FROM {refresh_tokens} t JOIN {users} u ON u.id = t.user_id AND u.instance_id = t.instance_id"
+                  " WHERE t.token = ? AND t.instance_id = ?")
+
+
+def refresh_token_and_user(token):
+    """The refresh token's row and (the columns needed of) its user's, in one query: (None, None)
+    when either is missing."""
+    row = A.db.one(REFRESH_LOOKUP, token, site().instance_id)
+    if row is None:
+        return None, None
+    return {c: row.pop("t_" + c) for c in REFRESH_COLUMNS}, read_user(row)
+
+
 def refresh_grant(token):
     """Rotation is one conditional UPDATE: of concurrent refreshes with one token exactly one
     wins. A token that comes back after it was rotated revokes what was issued from it."""
@@ -2847,9 +2969,8 @@ def refresh_grant(token):
         raise oauth_error("invalid_request", "refresh_token required")
     if not TOKEN_CHARS.fullmatch(token):  # ours are base64url; MySQL's utf8 column cannot even compare others
         raise oauth_error("invalid_grant", "Invalid Refresh Token")
-    row = A.db.one("SELECT * FROM {refresh_tokens} WHERE token = ? AND instance_id = ?", token, site().instance_id)
-    user = find_user_by_id(row["user_id"]) if row and same_secret(row["token"], token) else None
-    if not user:
+    row, user = refresh_token_and_user(token)
+    if not user or not same_secret(row["token"], token):
         raise oauth_error("invalid_grant", "Invalid Refresh Token")
     if row["revoked"]:
         # another tab that refreshed at the same moment is not a thief: within the reuse
@@ -2860,14 +2981,16 @@ def refresh_grant(token):
         raise oauth_error("invalid_grant", "Invalid Refresh Token", headers=[cookie_header()])
     if expired(row["created_at"], site().jwt_refresh_token_lifetime):
         raise oauth_error("invalid_grant", "Refresh token expired", headers=[cookie_header()])
+    tokens = new_tokens(user)  # signed before the transaction: the write lock is held for SQL only
     with A.db.transaction():
         won = A.db.execute("UPDATE {refresh_tokens} SET revoked = ?, updated_at = ? WHERE id = ? AND revoked = ?",
                            True, now(), row["id"], False)
         if won != 1:
             raise oauth_error("invalid_grant", "Invalid Refresh Token", headers=[cookie_header()])
         audit(user, "token_refreshed", "token_revoked")
-        log.info("login metering=true action=login login_method=token user_id=%s", user["id"])
-        return token_reply(user, parent=token)
+        store_refresh_token(user, tokens["refresh_token"], parent=token)
+    log.info("login metering=true action=login login_method=token user_id=%s", user["id"])
+    return token_reply(user, tokens)
 
 
 @app.post("/logout")
@@ -2892,7 +3015,7 @@ def get_user():
         raise APIError(400, "Could not read User ID claim")
     if request_aud(claims) != (claims.get("aud") or ""):
         raise APIError(400, "Token audience doesn't match request audience")
-    return reply(user_json(current_user(claims)), headers=NO_STORE)
+    return reply(user_json(current_user(claims, columns=USER_JSON_COLUMNS)), headers=NO_STORE)
 
 
 @app.put("/user")
@@ -3125,7 +3248,7 @@ def create_instance():
     if not is_uuid(site_uuid):
         raise APIError(400, "Error decoding params: uuid must be a UUID")
     site_uuid = str(uuid.UUID(str(site_uuid)))
-    row = {"id": str(uuid.uuid4()), "uuid": site_uuid, "created_at": now(), "updated_at": now()}
+    row = {"id": new_uuid(), "uuid": site_uuid, "created_at": now(), "updated_at": now()}
     raw = checked_config(config, row["id"])
     try:  # a unique key on uuid (ours) decides between concurrent creations
         A.db.execute("INSERT INTO {instances} (id, uuid, raw_base_config, created_at, updated_at)"
@@ -3521,10 +3644,13 @@ def run_worker(cfg, sock):
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: setup_logging(cfg))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked around fork by supervise()
+    LINES.start_writer()
     try:
         server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map)
     except (SystemExit, KeyboardInterrupt):
         drain(server, cfg.shutdown_timeout_sec)
+    finally:
+        LINES.stop_writer()  # a worker ends with os._exit: nothing may stay queued
 
 
 def drain(server, seconds):

@@ -175,7 +175,7 @@ class Server(Verbs):
 
         def up():
             if self.proc.poll() is not None:
-                raise AssertionError(f"gotrue.py exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(f"gotrue.py exited with {self.proc.returncode}:\n{self.read_log()}")
             try:
                 return requests.get(self.url + "/health", timeout=1).status_code == 200
             except requests.ConnectionError:
@@ -191,7 +191,31 @@ class Server(Verbs):
             self._db.close()
 
     def log(self):
+        """The server's output so far. A running server writes its info lines (a line per
+        request) a moment after the request: they are queued, and written in order. So marker
+        requests go first, and the log is read once each worker has logged one; every line
+        queued before a marker is then in the file."""
+        if self.proc and self.proc.poll() is None and self.logs_requests_here():
+            workers, prefixes = int(self.env.get("GOTRUE_API_WORKERS") or 1), set()
+
+            def every_worker_marked():
+                marker = f"/log-marker-{uuid.uuid4().hex}"
+                with requests.Session() as fresh:  # a new connection: any worker may take it
+                    fresh.get(self.url + marker, timeout=DEADLINE)
+                wait_until(lambda: marker in self.read_log(), "the server to log a marker request")
+                line = next(line for line in self.read_log().splitlines() if marker in line)
+                prefixes.add(re.search(r'request_id(?:=|": ")(\w+)-', line).group(1))
+                return len(prefixes) >= workers
+            wait_until(every_worker_marked, f"a marker request logged by each of {workers} workers")
+        return self.read_log()
+
+    def read_log(self):
         return open(self.log_path, encoding="utf-8", errors="replace").read()
+
+    def logs_requests_here(self):
+        """Request lines go to server.log: info level (or debug) and no LOG_FILE."""
+        level = (self.env.get("LOG_LEVEL") or self.env.get("GOTRUE_LOG_LEVEL") or "info").lower()
+        return level in ("debug", "info") and not (self.env.get("LOG_FILE") or self.env.get("GOTRUE_LOG_FILE"))
 
     def request(self, method, path, token=None, headers=None, **kw):
         headers = dict(headers or {})
