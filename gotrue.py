@@ -612,7 +612,6 @@ class Database:
         self.names["ns"] = prefix
         self.local = ThreadState()
         self.statements = {}
-        self.checkpoints = False  # SQLite: True once start_checkpoints() runs
         self.for_update = " FOR UPDATE" if self.driver == "mysql" else ""  # SQLite: BEGIN IMMEDIATE
         self.upsert_hit = "INSERT INTO {rate_limits} (bucket, hits, expires_at) VALUES (?, 1, ?) " + (
             "ON DUPLICATE KEY UPDATE hits = hits + 1, expires_at = VALUES(expires_at)" if self.driver == "mysql"
@@ -657,28 +656,7 @@ class Database:
         conn.execute("PRAGMA synchronous=NORMAL")
         # SQLite's own lower() folds ASCII only; the admin filters want Unicode, as MySQL does
         conn.create_function("lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
-        if self.checkpoints:
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread's work
         return conn
-
-    def start_checkpoints(self, every=1.0):
-        """SQLite in a server: the write-ahead log is copied back into the database file by one
-        thread, once a second, instead of by whichever request commits when the log passes
-        1,000 pages (milliseconds, an fsync included, while every other writer waits). PASSIVE:
-        it never waits for readers or writers, and each page is copied once, however often it
-        was written in that second."""
-        if self.driver != "sqlite":
-            return
-        self.checkpoints = True
-
-        def checkpoint_forever():
-            while True:
-                time.sleep(every)
-                try:
-                    self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # housekeeping: no request's span
-                except self.Error as e:
-                    log.warning("SQLite checkpoint failed: %s", e)
-        threading.Thread(target=checkpoint_forever, name="sqlite-checkpoints", daemon=True).start()
 
     @property
     def conn(self):
@@ -3675,7 +3653,6 @@ def run_worker(cfg, sock):
     signal.signal(signal.SIGHUP, lambda signum, frame: setup_logging(cfg))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked around fork by supervise()
     LINES.start_writer()
-    A.db.start_checkpoints()
     try:
         server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map)
     except (SystemExit, KeyboardInterrupt):
