@@ -48,6 +48,8 @@ FLOOR_BODY = json.dumps({"external": {"bitbucket": False, "github": False, "gitl
                          "external_labels": {}, "disable_signup": False, "autoconfirm": True},
                         separators=(",", ":")).encode()
 
+PAIR_TRIES, BUSY_PCT = 3, 20  # see Bench.paired
+
 # issue 13's targets: minimum ratio of an endpoint's 2xx rate to its floor, per engine
 TARGETS = {
     "GET /settings": ("framework", {"sqlite": 0.85, "mariadb": 0.85}),
@@ -393,13 +395,24 @@ class Bench:
         finally:
             self.watch, self.requests_served = watch, served  # the server's count: floors' requests are not its own
 
-    def paired(self, url, mode, name, **kw):
-        """A framework endpoint and, just before it, the floor: the ratio's two figures are
-        taken seconds apart."""
-        floor = self.floor_run(f"framework floor (before {name})")
-        r = self.measure(url, mode, name, **kw)
-        r["floor"] = floor
-        return r
+    def paired(self, url, mode, name, floor="framework", **kw):
+        """An endpoint and, just before it, its floor (the framework's, or bcrypt's): the
+        ratio's two figures are taken seconds apart. A pair during which other processes on
+        the machine used more than BUSY_PCT of a CPU is measured again (at most PAIR_TRIES
+        times in all); the quietest pair counts."""
+        best = None
+        for attempt in range(1, PAIR_TRIES + 1):
+            f = self.floor_run(f"framework floor (before {name})") if floor == "framework" \
+                else self.bcrypt_floor(self.args.threads * self.args.workers)
+            r = self.measure(url, mode, name, **kw)
+            r["floor"], r["attempts"] = f, attempt
+            noise = max(f["other_cpu_pct"], r["other_cpu_pct"])
+            if best is None or noise < best[0]:
+                best = (noise, r)
+            if noise <= BUSY_PCT:
+                break
+            self.note(f"  (other load {noise:.0f}% during that pair: measuring it again)")
+        return best[1]
 
     def stop_floors(self):
         while self.floor_stops:
@@ -620,8 +633,8 @@ def run_engine(bench, engine, db_env, db_pid):
         rows["refresh grant"] = bench.paired(url, "refresh", "refresh grant",
                                              fresh=lambda: {"BENCH_DATA": site.refresh_tokens(seeded)})
         rows["PUT /user (metadata)"] = bench.paired(url, "put", "PUT /user", BENCH_DATA=tokens_file)
-        rows["password grant"] = bench.measure(url, "password", "password grant", BENCH_DATA=emails_file)
-        rows["signup (autoconfirm)"] = bench.measure(url, "signup", "signup")
+        rows["password grant"] = bench.paired(url, "password", "password grant", floor="bcrypt", BENCH_DATA=emails_file)
+        rows["signup (autoconfirm)"] = bench.paired(url, "signup", "signup", floor="bcrypt")
         if a.big:
             rows["admin page 1"] = bench.paired(url, "admin", "admin page 1", BENCH_ADMIN=admin)
         for r in rows.values():
@@ -704,7 +717,7 @@ def report(args, floors, engines, started, load):
     for e in engines:
         for name, r in e["rows"].items():
             kind, mins = TARGETS[name]
-            floor = r.get("floor", fw) if kind == "framework" else bc
+            floor = r.get("floor", fw if kind == "framework" else bc)
             ratio = r["rps"] / floor["rps"] if floor["rps"] else 0.0
             cpu_ratio = floor["server_cpu_ms"] / r["server_cpu_ms"] if r.get("server_cpu_ms") else 0.0
             target, result = "", ""
@@ -718,11 +731,12 @@ def report(args, floors, engines, started, load):
                 target, result = ", ".join(parts), verdict(ok)
                 checks.append(ok)
             p(f"| {e['engine']} | {name} | {r['rps']:.{0 if r['rps'] >= 100 else 1}f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['non2xx']} | {kind} {floor['rps']:.0f} | {ratio:.2f} | {target} | {result} | "
+              f"{r['p99_ms']:.1f} | {r['non2xx']} | {kind} {floor['rps']:.{0 if floor['rps'] >= 100 else 1}f} | {ratio:.2f} | {target} | {result} | "
               f"{cpu_ratio:.2f} |")
     p("")
-    p("floor: the framework floor's req/s measured just before that endpoint (the first framework row is the "
-      "first floor run), or the bcrypt floor's. "
+    p("floor: the floor's req/s (checks/s for bcrypt) measured just before that endpoint; a pair measured while "
+      f"other processes used more than {BUSY_PCT}% of a CPU was measured again, up to {PAIR_TRIES} times, and the "
+      "quietest pair counts (the first two rows above are the first floor runs). "
       "ratio: 2xx answers a second over the floor's (the verdict). CPU ratio: the floor's CPU time per answer over "
       "the gotrue.py processes' own (the database's excluded): a cross-check that other load on the machine "
       "disturbs less.")
