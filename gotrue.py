@@ -576,6 +576,11 @@ def read_your_writes(conn):
             cur.execute("SET SESSION wsrep_sync_wait = 1")
 
 
+# Timestamps come back as text, as SQLite gives them: db_time() reads both engines' alike, where
+# a time is used, and PyMySQL's Python date parsing of every timestamp column is skipped.
+MYSQL_CONVERSIONS = {k: v for k, v in pymysql.converters.conversions.items()
+                     if k not in (pymysql.constants.FIELD_TYPE.DATETIME, pymysql.constants.FIELD_TYPE.TIMESTAMP)}
+
 FIELD_PACKETS = {}  # (column-definition packet, encoding) -> PyMySQL's parsed packet
 
 
@@ -638,7 +643,8 @@ class Database:
             n = (self.good_host + i) % len(hosts)
             params["host"], params["port"] = hosts[n]
             try:
-                conn = pymysql.connect(**params, charset="utf8mb4", autocommit=True, connect_timeout=self.timeouts[0],
+                conn = pymysql.connect(**params, charset="utf8mb4", autocommit=True, conv=MYSQL_CONVERSIONS,
+                                       connect_timeout=self.timeouts[0],
                                        read_timeout=self.timeouts[1], write_timeout=self.timeouts[1],
                                        init_command="SET time_zone = '+00:00'")
                 self.good_host = n
