@@ -92,6 +92,27 @@ def test_request_id_header_is_used_as_error_id(make_server, engine):
     assert "req-123" in server.log()
 
 
+def test_errors_are_in_the_log_before_the_answer_and_info_lines_follow_in_order(make_server, engine):
+    """Info lines are queued and written a moment later, in order; an error is written at
+    once (before its answer leaves), after what was queued before it. One process: the order
+    is each process's own."""
+    server = make_server(engine, REQUEST_ID_HEADER="X-Request-ID", GOTRUE_API_WORKERS="1")
+    for n in range(5):
+        assert server.get("/settings", headers={"X-Request-ID": f"ok-{n}"}).status_code == 200
+    server.sql("DROP TABLE {refresh_tokens}")
+    r = server.post("/token", data={"grant_type": "refresh_token", "refresh_token": "x"},
+                    headers={"X-Request-ID": "broken-1"})
+    assert r.status_code == 500
+    written = server.read_log()  # no marker: what is in the file as the answer arrives
+    error = [line for line in written.splitlines() if "level=ERROR" in line and "broken-1" in line]
+    assert error, written
+    before_error = written[:written.index(error[0])]
+    assert all(f"request_id=ok-{n} " in before_error for n in range(5)), written  # queued lines first
+    log = server.log()  # after a marker: the request line of the failed request too
+    order = [log.index(f"request_id=ok-{n} ") for n in range(5)] + [log.index("request_id=broken-1 ")]
+    assert order == sorted(order), log
+
+
 def test_garbage_on_the_socket_does_not_kill_the_server(server):
     with socket.create_connection(("127.0.0.1", int(server.env["PORT"]))) as s:
         s.sendall(b"\x00\x01 NOT HTTP\r\n\r\n")
