@@ -2300,6 +2300,9 @@ def json_bytes(body):
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 def reply(body, status=200, headers=()):
     if body is None:
         resp = bottle.HTTPResponse(b"", status)
@@ -2310,7 +2313,6 @@ def reply(body, status=200, headers=()):
     return resp
 
 
-JSON_TYPE = {"Content-Type": "application/json"}
 NO_STORE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]  # on what carries tokens or a user
 
 
