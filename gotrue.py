@@ -89,6 +89,7 @@ SETTINGS = [
     ("API_EXPORT_SECRET", str, ""),
     ("API_THREADS", int, 8),                      # ours: waitress worker threads
     ("API_WORKERS", int, 1),                      # ours: processes serving the one port
+    ("API_CPU_PINNING", bool, True),              # ours: each worker process's threads on one CPU
     ("SHUTDOWN_TIMEOUT_SEC", int, 10),             # ours: how long SIGTERM waits for requests under way
     ("DB_DRIVER", str, "sqlite"),                 # ours: sqlite by default, mysql for production
     ("DB_DATABASE_URL", str, "gotrue.db", "DATABASE_URL"),
@@ -504,6 +505,42 @@ def traced(name, resource, **tags):
         span.finish()
 
 
+# --- CPU placement -------------------------------------------------------------------------
+# CPython runs Python on one core at a time (the GIL), and a thread gives the GIL up on every
+# database statement. When a process's threads are spread over cores, each of those hand-overs
+# wakes a thread on another core: on a small VM that cost more than the requests' own work (half
+# the server's CPU went to the scheduler). So each worker process keeps its threads on one CPU
+# (API_CPU_PINNING, ours), as uWSGI's cpu-affinity does; bcrypt, which runs without the GIL for
+# ~75 ms, may use every CPU, so logins still use them all.
+
+PLACEMENT = None  # ({home CPU}, {every CPU allowed}) of this worker process, when pinned
+
+
+def pin_to_one_cpu(cfg, index):
+    """Worker `index` on one of the CPUs this process may use (spread from the last: the first
+    tends to take the machine's interrupts); threads started afterwards inherit it."""
+    global PLACEMENT
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if not cfg.api_cpu_pinning or len(allowed) < 2:
+        return
+    home = {allowed[-1 - index % len(allowed)]}
+    os.sched_setaffinity(0, home)
+    PLACEMENT = (home, set(allowed))
+
+
+@contextlib.contextmanager
+def on_every_cpu():
+    """The calling thread may run on any allowed CPU meanwhile (Linux sets affinity per thread)."""
+    if PLACEMENT is None:
+        yield
+        return
+    os.sched_setaffinity(0, PLACEMENT[1])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, PLACEMENT[0])
+
+
 # ============================================================================================
 # Database
 # ============================================================================================
@@ -882,20 +919,21 @@ def site():
 
 
 def hash_password(password):
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(A.cfg.bcrypt_cost, prefix=b"2a")).decode()
+    with on_every_cpu():
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(A.cfg.bcrypt_cost, prefix=b"2a")).decode()
 
 
 def password_matches(user, password):
     """Constant work whether or not the user exists or has a password (no timing oracle)."""
     stored = (user or {}).get("encrypted_password") or ""
     candidate = password.encode()
-    if not stored.startswith("$2") or len(candidate) > 72:  # bcrypt would ignore bytes past 72
-        bcrypt.checkpw(candidate[:72], A.dummy_hash)
-        return False
+    usable = stored.startswith("$2") and len(candidate) <= 72  # bcrypt would ignore bytes past 72
     try:
-        return bcrypt.checkpw(candidate, stored.encode())
+        with on_every_cpu():
+            matches = bcrypt.checkpw(candidate[:72], stored.encode() if usable else A.dummy_hash)
     except ValueError:
         return False
+    return usable and matches
 
 
 MAX_JSON_DEPTH = 32  # nesting levels of stored metadata (ours: deeper JSON is refused at write time)
@@ -3638,7 +3676,7 @@ def serve(cfg):
     LINES.write_line("INFO", f"gotrue.py {VERSION} listening on http://{host}:{sock.getsockname()[1]} "
                      f"({A.db.describe()}, {cfg.api_workers} worker{'s' if cfg.api_workers > 1 else ''})", {})
     if cfg.api_workers == 1:
-        run_worker(cfg, sock)
+        run_worker(cfg, sock, 0)
     else:
         supervise(cfg, sock)
     log.info("stopped")
@@ -3647,9 +3685,10 @@ def serve(cfg):
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def run_worker(cfg, sock):
+def run_worker(cfg, sock, index):
     """waitress's threads on the listening socket, until SIGTERM or SIGINT; then the requests
     under way are finished and answered (for at most SHUTDOWN_TIMEOUT_SEC) before it exits."""
+    pin_to_one_cpu(cfg, index)  # before waitress starts its threads
     server = waitress.server.create_server(wsgi, sockets=[sock], threads=cfg.api_threads, ident="gotrue",
                                            max_request_body_size=2 * MAX_BODY, clear_untrusted_proxy_headers=True)
     server.channel_class = JSONErrorChannel
@@ -3693,9 +3732,9 @@ def supervise(cfg, sock):
     """API_WORKERS > 1 (ours): pre-fork. N processes serve the one inherited socket (the kernel
     hands each connection to one of them); this process only watches: a worker that dies is
     replaced, SIGTERM/SIGINT stop them all, SIGHUP reopens every log."""
-    workers, stopping = set(), []
+    workers, stopping = {}, []  # pid -> index (a replacement takes the dead worker's CPU)
 
-    def spawn():
+    def spawn(index):
         # a signal between fork and run_worker's handlers would run this process's handler in the
         # child: it waits, blocked, until the child can take it
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -3705,10 +3744,10 @@ def supervise(cfg, sock):
         else:
             A.request_prefix = secrets.token_hex(6)
             try:
-                run_worker(cfg, sock)
+                run_worker(cfg, sock, index)
             finally:
                 os._exit(0)
-        workers.add(pid)
+        workers[pid] = index
 
     def forward(signum, frame):
         if signum == signal.SIGHUP:
@@ -3721,14 +3760,14 @@ def supervise(cfg, sock):
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    for _ in range(cfg.api_workers):
-        spawn()
+    for index in range(cfg.api_workers):
+        spawn(index)
     while workers:
         pid, status = os.wait()
-        workers.discard(pid)
-        if not stopping:
+        index = workers.pop(pid, None)
+        if not stopping and index is not None:
             log.warning("worker %d ended (status %d): starting another", pid, status)
-            spawn()
+            spawn(index)
 
 
 def admin_command(cfg, args):

@@ -162,9 +162,11 @@ def _alive(pid):
 
 # --- the floors (run as child processes of this script) ------------------------------------
 
-def floor_app(port, threads, workers):
+def floor_app(port, threads, workers, pinned=False):
     """A bare bottle + waitress app answering a constant JSON body: the framework floor. With
-    workers > 1, that many forked processes serve one listening socket, as the server does."""
+    workers > 1, that many forked processes serve one listening socket, as the server does.
+    `pinned`: each process's threads on one CPU, placed as gotrue.py places its workers
+    (GOTRUE_API_CPU_PINNING), for the informative second floor."""
     import bottle
     import waitress.server
     app = bottle.Bottle()
@@ -179,18 +181,21 @@ def floor_app(port, threads, workers):
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
 
-    def run():
+    def run(index):
+        allowed = sorted(os.sched_getaffinity(0))
+        if pinned and len(allowed) > 1:
+            os.sched_setaffinity(0, {allowed[-1 - index % len(allowed)]})
         waitress.server.create_server(app, sockets=[sock], threads=threads, ident="floor").run()
     if workers <= 1:
-        run()
+        run(0)
         return
     kids = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                run()
+                run(index)
             finally:
                 os._exit(0)
         kids.append(pid)
@@ -356,15 +361,17 @@ class Bench:
 
     # --- floors ----------------------------------------------------------------------------
 
-    def framework_floor(self, workers):
+    def framework_floor(self, workers, pinned=False):
         """Start the floor app, measure it once, and keep it running: each framework endpoint is
         measured right after a floor run of its own (see `paired`), so a machine that is slower
-        for a while slows both figures of a ratio alike. Returns that first measurement."""
+        for a while slows both figures of a ratio alike. Returns that first measurement. The
+        pinned floor (informative) is measured once and stopped."""
         from conftest import free_port, wait_until
         port = free_port()
-        log = open(os.path.join(self.workdir, f"floor-{workers}.log"), "wb")
+        log = open(os.path.join(self.workdir, f"floor-{workers}{'-pinned' * pinned}.log"), "wb")
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_floor", str(port), str(self.args.threads),
-                                 str(workers)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                 str(workers), "pinned" if pinned else ""],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         tree = [proc.pid]
         try:
             def up():
@@ -378,13 +385,19 @@ class Bench:
             wait_until(up, "the floor app")
             time.sleep(0.3)
             tree = process_tree(proc.pid)
-            if workers == self.args.workers:  # the one that `paired` measures again
+            if workers == self.args.workers and not pinned:  # the one that `paired` measures again
                 self.floor_url, self.floor_tree = f"http://127.0.0.1:{port}", tree
-            return self.floor_run(f"framework floor ({workers} worker(s))", f"http://127.0.0.1:{port}", tree,
-                                  warmup=True)
+            return self.floor_run(f"framework floor{', pinned' * pinned} ({workers} worker(s))",
+                                  f"http://127.0.0.1:{port}", tree, warmup=True)
         finally:
-            self.floor_stops.append(lambda: (stop_pids(sorted(set(tree + process_tree(proc.pid)), reverse=True)),
-                                             proc.wait(), log.close()))
+            def stop():
+                stop_pids(sorted(set(tree + process_tree(proc.pid)), reverse=True))
+                proc.wait()
+                log.close()
+            if pinned:
+                stop()
+            else:
+                self.floor_stops.append(stop)
 
     def floor_run(self, name, url=None, tree=None, warmup=False):
         """A floor app, measured now (the server's own CPU accounting set aside meanwhile)."""
@@ -459,6 +472,7 @@ class Site:
         os.makedirs(self.dir, exist_ok=True)
         self.env = base_env(self.dir, db_env, LOG_LEVEL=a.log_level, GOTRUE_BCRYPT_COST="10",
                             GOTRUE_API_THREADS=str(a.threads), GOTRUE_API_WORKERS=str(a.workers),
+                            GOTRUE_API_CPU_PINNING=str(a.pinning).lower(),
                             GOTRUE_MAILER_AUTOCONFIRM="true")
         migrate(self.env, self.dir)
         self.server = None
@@ -628,14 +642,22 @@ def run_engine(bench, engine, db_env, db_pid):
         bench.note(f"{engine}: gotrue.py up ({len(site.tree)} process(es)), measuring")
         rows = out["rows"]
         rss_idle = site.rss()
-        rows["GET /settings"] = bench.paired(url, "settings", "GET /settings")
-        rows["GET /user"] = bench.paired(url, "user", "GET /user", BENCH_DATA=tokens_file)
-        rows["refresh grant"] = bench.paired(url, "refresh", "refresh grant",
-                                             fresh=lambda: {"BENCH_DATA": site.refresh_tokens(seeded)})
-        rows["PUT /user (metadata)"] = bench.paired(url, "put", "PUT /user", BENCH_DATA=tokens_file)
-        rows["password grant"] = bench.paired(url, "password", "password grant", floor="bcrypt", BENCH_DATA=emails_file)
-        rows["signup (autoconfirm)"] = bench.paired(url, "signup", "signup", floor="bcrypt")
-        if a.big:
+        wanted = lambda mode: not a.only or mode in a.only
+        if wanted("settings"):
+            rows["GET /settings"] = bench.paired(url, "settings", "GET /settings")
+        if wanted("user"):
+            rows["GET /user"] = bench.paired(url, "user", "GET /user", BENCH_DATA=tokens_file)
+        if wanted("refresh"):
+            rows["refresh grant"] = bench.paired(url, "refresh", "refresh grant",
+                                                 fresh=lambda: {"BENCH_DATA": site.refresh_tokens(seeded)})
+        if wanted("put"):
+            rows["PUT /user (metadata)"] = bench.paired(url, "put", "PUT /user", BENCH_DATA=tokens_file)
+        if wanted("password"):
+            rows["password grant"] = bench.paired(url, "password", "password grant", floor="bcrypt",
+                                                  BENCH_DATA=emails_file)
+        if wanted("signup"):
+            rows["signup (autoconfirm)"] = bench.paired(url, "signup", "signup", floor="bcrypt")
+        if a.big and wanted("admin"):
             rows["admin page 1"] = bench.paired(url, "admin", "admin page 1", BENCH_ADMIN=admin)
         for r in rows.values():
             r["engine"] = engine
@@ -707,12 +729,17 @@ def report(args, floors, engines, started, load):
       f"{args.warmup:g} s warm-up, loopback; GOTRUE_API_THREADS={args.threads}, GOTRUE_API_WORKERS={args.workers}, "
       f"bcrypt cost 10, LOG_LEVEL={args.log_level}, {args.users:,} users; {NCPU} CPUs, load average at start {load}")
     p("")
-    p("| engine | endpoint | req/s | p50 ms | p99 ms | non-2xx | floor | ratio | target | result | CPU ratio |")
-    p("|---|---|---:|---:|---:|---:|---|---:|---|---|---:|")
+    pf = floors.get("pinned")
+    p("| engine | endpoint | req/s | p50 ms | p99 ms | non-2xx | floor | ratio | target | result | CPU ratio "
+      "| pinned-floor ratio |")
+    p("|---|---|---:|---:|---:|---:|---|---:|---|---|---:|---:|")
     p(f"| - | framework floor (bottle + waitress, constant JSON) | {fw['rps']:.0f} | {fw['p50_ms']:.1f} | "
-      f"{fw['p99_ms']:.1f} | {fw['non2xx']} | | | | | |")
+      f"{fw['p99_ms']:.1f} | {fw['non2xx']} | | | | | | |")
+    if pf:
+        p(f"| - | framework floor, pinned as gotrue.py (informative) | {pf['rps']:.0f} | {pf['p50_ms']:.1f} | "
+          f"{pf['p99_ms']:.1f} | {pf['non2xx']} | | | | | | |")
     p(f"| - | bcrypt floor (checkpw cost 10, {args.threads * args.workers} threads) | {bc['rps']:.1f} | "
-      f"{bc['p50_ms']:.0f} | {bc['p99_ms']:.0f} | - | | | | | |")
+      f"{bc['p50_ms']:.0f} | {bc['p99_ms']:.0f} | - | | | | | | |")
     checks = []
     for e in engines:
         for name, r in e["rows"].items():
@@ -730,16 +757,19 @@ def report(args, floors, engines, started, load):
                     ok = ok and r["p99_ms"] <= P99_TARGET_MS[name]
                 target, result = ", ".join(parts), verdict(ok)
                 checks.append(ok)
+            pinned = f"{r['rps'] / pf['rps']:.2f}" if pf and kind == "framework" and pf["rps"] else ""
             p(f"| {e['engine']} | {name} | {r['rps']:.{0 if r['rps'] >= 100 else 1}f} | {r['p50_ms']:.1f} | "
               f"{r['p99_ms']:.1f} | {r['non2xx']} | {kind} {floor['rps']:.{0 if floor['rps'] >= 100 else 1}f} | {ratio:.2f} | {target} | {result} | "
-              f"{cpu_ratio:.2f} |")
+              f"{cpu_ratio:.2f} | {pinned} |")
     p("")
     p("floor: the floor's req/s (checks/s for bcrypt) measured just before that endpoint; a pair measured while "
       f"other processes used more than {BUSY_PCT}% of a CPU was measured again, up to {PAIR_TRIES} times, and the "
       "quietest pair counts (the first two rows above are the first floor runs). "
       "ratio: 2xx answers a second over the floor's (the verdict). CPU ratio: the floor's CPU time per answer over "
       "the gotrue.py processes' own (the database's excluded): a cross-check that other load on the machine "
-      "disturbs less.")
+      "disturbs less." + (" pinned-floor ratio (informative, no verdict): req/s over the same bare app with its "
+      "threads on one CPU as gotrue.py's are (GOTRUE_API_CPU_PINNING), measured once at the start: what the "
+      "code costs over the framework when both are placed alike." if pf else ""))
     p("")
     p("Memory (VmRSS of the server; largest process, and the sum when there are several):")
     p("")
@@ -864,6 +894,11 @@ def parse_args(argv):
                         "during each measured run; raw collapsed stacks in DIR, one file per run")
     parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: sample only the thread holding "
                         "the GIL (where the Python CPU goes) instead of every busy thread (where they wait too)")
+    parser.add_argument("--no-pinning", dest="pinning", action="store_false",
+                        help="run the server with GOTRUE_API_CPU_PINNING=false (threads on every CPU)")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")), default=set(),
+                        help="measure only these endpoints (comma-separated: settings, user, refresh, put, "
+                             "password, signup, admin); a quicker run while working on one")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     args = parser.parse_args(argv)
     if args.py_spy:
@@ -879,7 +914,7 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_floor"]:
-        return floor_app(*map(int, argv[1:4]))
+        return floor_app(*map(int, argv[1:4]), pinned=argv[4:5] == ["pinned"])
     if argv[:1] == ["_bcrypt"]:
         return bcrypt_floor(int(argv[1]), float(argv[2]), float(argv[3]))
     args = parse_args(argv)
@@ -902,6 +937,8 @@ def main(argv=None):
         bench.note(f"work directory {workdir}; floors first")
         floors = {"framework": bench.framework_floor(args.workers),
                   "bcrypt": bench.bcrypt_floor(args.threads * args.workers)}
+        if args.pinning:
+            floors["pinned"] = bench.framework_floor(args.workers, pinned=True)
         floors["scaling"] = {args.workers: floors["framework"]}
         if args.scaling:
             other = 2 if args.workers == 1 else 1

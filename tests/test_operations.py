@@ -716,3 +716,87 @@ def test_sighup_reopens_the_log_file(make_server, tmp_path, workers):
                "the rotated file to be closed by every process")
 
 
+
+
+# --- CPU placement (GOTRUE_API_CPU_PINNING) -------------------------------------------------
+
+CPUS = sorted(os.sched_getaffinity(0))
+needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="CPU placement needs at least two CPUs")
+
+
+def thread_cpus(pid):
+    """{thread id: the CPUs it may run on} of every thread of a process."""
+    found = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
+        cpus = set()
+        for part in line.split(":", 1)[1].strip().split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+        found[int(tid)] = cpus
+    return found
+
+
+def home_cpu(pid):
+    """The one CPU every thread of a worker runs on (fails if they are not all on the same one)."""
+    placed = {frozenset(cpus) for cpus in thread_cpus(pid).values()}
+    assert len(placed) == 1 and len(next(iter(placed))) == 1, f"threads of {pid} placed on {placed}"
+    return next(iter(next(iter(placed))))
+
+
+@needs_two_cpus
+def test_a_single_process_keeps_every_thread_on_one_cpu(make_server, engine):
+    srv = make_server(engine)
+    assert srv.get("/settings").status_code == 200
+    assert len(thread_cpus(srv.proc.pid)) > 8  # waitress's 16 threads (base_env), the loop, the log writer
+    assert home_cpu(srv.proc.pid) == CPUS[-1]
+    # logins still work (bcrypt runs on every CPU meanwhile, and comes back)
+    user = srv.confirmed_user()
+    assert srv.login(user["email"])["access_token"]
+    assert srv.post("/token", data={"grant_type": "password", "username": user["email"],
+                                    "password": "wrong"}).status_code == 400
+    assert home_cpu(srv.proc.pid) == CPUS[-1]
+
+
+@needs_two_cpus
+def test_workers_are_spread_over_cpus_and_a_replacement_takes_the_dead_ones(make_server):
+    srv = make_server("sqlite", GOTRUE_API_WORKERS="2")
+    workers = wait_until(lambda: len(children(srv.proc.pid)) == 2 and children(srv.proc.pid), "two workers")
+    for pid in workers:
+        wait_until(lambda pid=pid: len(thread_cpus(pid)) > 8, "the worker's threads")
+    placed = {pid: home_cpu(pid) for pid in workers}
+    assert sorted(placed.values()) == sorted(CPUS[-2:])
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    new = wait_until(lambda: [p for p in children(srv.proc.pid) if p not in workers], "a replacement")[0]
+    wait_until(lambda: len(thread_cpus(new)) > 8, "its threads")
+    assert home_cpu(new) == placed[victim]
+    assert srv.get("/settings").status_code == 200
+
+
+@needs_two_cpus
+def test_pinning_can_be_switched_off(make_server):
+    srv = make_server("sqlite", GOTRUE_API_CPU_PINNING="false")
+    assert srv.get("/settings").status_code == 200
+    assert all(cpus == set(CPUS) for cpus in thread_cpus(srv.proc.pid).values())
+
+
+@needs_two_cpus
+def test_on_every_cpu_widens_only_the_calling_thread_and_restores_it(monkeypatch):
+    home, seen = {CPUS[0]}, {}
+    monkeypatch.setattr(gotrue, "PLACEMENT", (home, set(CPUS)))
+
+    def pinned_thread():
+        os.sched_setaffinity(0, home)
+        with gotrue.on_every_cpu():
+            seen["inside"] = os.sched_getaffinity(0)
+            seen["main"] = os.sched_getaffinity(threading.main_thread().native_id)
+            with pytest.raises(ZeroDivisionError), gotrue.on_every_cpu():
+                1 / 0  # noqa: B018 - an error inside still restores the placement
+        seen["after"] = os.sched_getaffinity(0)
+    before = os.sched_getaffinity(0)
+    worker = threading.Thread(target=pinned_thread)
+    worker.start()
+    worker.join()
+    assert seen == {"inside": set(CPUS), "main": before, "after": home}
