@@ -57,7 +57,7 @@ from dotenv import dotenv_values
 VERSION = "0.1.0"
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = "20261203000001"  # the newest migration in schema.sql; the server requires it
+SCHEMA_VERSION = "20261203000002"  # the newest migration in schema.sql; the server requires it
 log = logging.getLogger("gotrue")
 
 # PyJWT warns about short HMAC keys on every call; we warn once at start instead.

@@ -7,7 +7,8 @@
 --
 -- The SQL runs on MySQL 5.7/8, MariaDB 10.x and SQLite: MySQL-only table options sit in
 -- /*! ... */ comments, which MySQL and MariaDB execute and SQLite ignores. migrate.py makes
--- one translation for SQLite: an AUTO_INCREMENT bigint becomes an INTEGER row id.
+-- one translation for SQLite: an AUTO_INCREMENT bigint becomes an INTEGER row id. A line
+-- `-- only: sqlite` right under a section's header limits its statements to that engine.
 
 -- migration: 20171026211738 20171026211808 20171026211834 20180103212743 20180108183307 20180119214651 20180125194653 upstream GoTrue's tables in their final shape
 CREATE TABLE {ns}users (
@@ -116,3 +117,13 @@ CREATE TABLE {ns}one_time_tokens (
 CREATE INDEX {ns}one_time_tokens_expires_idx ON {ns}one_time_tokens (expires_at);
 -- one instance per site UUID (upstream checks before inserting, so concurrent requests made two)
 CREATE UNIQUE INDEX {ns}instances_uuid_key ON {ns}instances (uuid);
+
+-- migration: 20261203000002 gotrue.py on SQLite: three indexes that others already cover dropped (fewer pages written per refresh)
+-- only: sqlite
+-- Each duplicates another index or is a prefix of one: refresh_tokens_token_idx of the unique
+-- refresh_tokens_token_key, refresh_tokens_instance_id_idx of (instance_id, user_id), and
+-- audit_logs_instance_id_idx of (instance_id, created_at, id). Every index is a page that each
+-- refresh writes to SQLite's log; MySQL keeps upstream's schema as it is.
+DROP INDEX IF EXISTS {ns}refresh_tokens_token_idx;
+DROP INDEX IF EXISTS {ns}refresh_tokens_instance_id_idx;
+DROP INDEX IF EXISTS {ns}audit_logs_instance_id_idx;
