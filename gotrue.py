@@ -638,6 +638,10 @@ def parsed_field_packet(data, encoding):
 pymysql.connections.FieldDescriptorPacket = parsed_field_packet  # the name PyMySQL reads it by
 
 
+CHECKPOINT_EVERY = 64  # SQLite commits between two checkpoints (a refresh writes ~15 frames)
+CHECKPOINT_FRAMES = 1000  # SQLite's own default; its backstop is set to four times that
+
+
 class DatabaseUnavailable(Exception):
     """No database server could be reached: a 503, and the request may be tried again."""
 
@@ -649,6 +653,7 @@ class Database:
         self.timeouts = (cfg.db_connect_timeout_sec, cfg.db_read_timeout_sec)
         self.good_host = 0  # the MySQL host that answered last: tried first
         self.write_lock = threading.Lock()  # SQLite: writers queue here, not in busy-timeout sleeps
+        self.commits, self.checkpointer = 0, None  # SQLite: see count_commit
         prefix = cfg.db_namespace + "_" if cfg.db_namespace else ""
         self.names = {t: prefix + t for t in TABLES}
         self.names["ns"] = prefix
@@ -697,6 +702,7 @@ class Database:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")  # webhooks and mail may run inside a write
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={4 * CHECKPOINT_FRAMES}")  # a backstop: see count_commit
         # SQLite's own lower() folds ASCII only; the admin filters want Unicode, as MySQL does
         conn.create_function("lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
         return conn
@@ -775,6 +781,8 @@ class Database:
                 yield
                 self.local.depth = 0
                 self.end(conn.commit, "COMMIT")
+                if self.driver == "sqlite":
+                    self.count_commit()
             except BaseException:
                 self.local.depth = 0
                 try:
@@ -782,6 +790,35 @@ class Database:
                 except Exception:
                     self.close()  # a connection that cannot roll back is not used again
                 raise
+
+    def count_commit(self):
+        """SQLite copies its log (WAL) back into the database file in checkpoints, which it runs
+        inside the commit that fills the log: a writer held the write lock for the copy and two
+        fsyncs (9 ms at p99) while every other writer queued. Here a thread of our own does that
+        every CHECKPOINT_EVERY commits: most of the copy while writers go on, then the few frames
+        written meanwhile under the write lock, so that the log is complete and the next writer
+        starts it over (a log never complete would grow forever). Called with the write lock held."""
+        self.commits += 1
+        if self.commits % CHECKPOINT_EVERY:
+            return
+        if self.checkpointer is None or self.checkpointer[0] != os.getpid():  # none yet in this process
+            wanted = threading.Event()
+            threading.Thread(target=self.checkpoint_loop, args=(wanted,), name="checkpointer", daemon=True).start()
+            self.checkpointer = (os.getpid(), wanted)
+        self.checkpointer[1].set()
+
+    def checkpoint_loop(self, wanted):
+        conn = self.connect_sqlite()
+        with on_every_cpu():  # SQLite's C code, without the GIL: any CPU may do it
+            while wanted.wait():
+                wanted.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with self.write_lock:
+                        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    log.debug("checkpoint: %d of %d log frames in the database file", copied, frames)
+                except sqlite3.Error as e:  # SQLite's own checkpoints (the backstop) still run
+                    log.warning("checkpoint failed: %s", e)
 
     def end(self, finish, verb):
         """COMMIT or ROLLBACK: a db.query span of its own when tracing."""
