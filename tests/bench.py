@@ -18,6 +18,13 @@ also records the CPU that the server, the database, wrk and everything else on t
 so a noisy neighbour shows in the table instead of hiding in a ratio. `--py-spy DIR` profiles the
 server during each measured run.
 
+gotrue.py keeps each worker's threads on one CPU (GOTRUE_API_CPU_PINNING); the floor is the bare
+app as the issue defines it, threads wherever the kernel puts them. Once at the start the bench
+also measures the same bare app pinned as gotrue.py is and shows each rate over it as an
+informative column (no verdict): what the code costs over the framework when both are placed
+alike. `--no-pinning` runs the server unpinned; `--only user,refresh` measures only some
+endpoints (a quicker run while working on them).
+
 Not part of the test suite (pytest does not collect it): speed is measured here, not asserted
 there. The exit status is 0 whatever the verdicts; every process it starts is stopped by its PID.
 """
