@@ -516,14 +516,29 @@ def traced(name, resource, **tags):
 PLACEMENT = None  # ({home CPU}, {every CPU allowed}) of this worker process, when pinned
 
 
-def pin_to_one_cpu(cfg, index):
-    """Worker `index` on one of the CPUs this process may use (spread from the last: the first
-    tends to take the machine's interrupts); threads started afterwards inherit it."""
+def allowed_cpus():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+
+
+def current_cpu_slot():
+    """The CPU this process runs on now (field 39 of /proc/self/stat), as a position among those
+    it may use; 0 when unknown. Workers are placed from there: where the kernel started the
+    server, so that two servers on one machine are not stacked on one CPU."""
+    try:
+        with open("/proc/self/stat") as f:
+            return allowed_cpus().index(int(f.read().rsplit(")", 1)[1].split()[36]))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pin_to_one_cpu(cfg, slot):
+    """This worker on the slot-th CPU it may use (modulo their number); threads started
+    afterwards inherit it."""
     global PLACEMENT
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    allowed = allowed_cpus()
     if not cfg.api_cpu_pinning or len(allowed) < 2:
         return
-    home = {allowed[-1 - index % len(allowed)]}
+    home = {allowed[slot % len(allowed)]}
     os.sched_setaffinity(0, home)
     PLACEMENT = (home, set(allowed))
 
@@ -3713,7 +3728,7 @@ def serve(cfg):
     LINES.write_line("INFO", f"gotrue.py {VERSION} listening on http://{host}:{sock.getsockname()[1]} "
                      f"({A.db.describe()}, {cfg.api_workers} worker{'s' if cfg.api_workers > 1 else ''})", {})
     if cfg.api_workers == 1:
-        run_worker(cfg, sock, 0)
+        run_worker(cfg, sock, current_cpu_slot())
     else:
         supervise(cfg, sock)
     log.info("stopped")
@@ -3722,10 +3737,10 @@ def serve(cfg):
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def run_worker(cfg, sock, index):
+def run_worker(cfg, sock, cpu_slot):
     """waitress's threads on the listening socket, until SIGTERM or SIGINT; then the requests
     under way are finished and answered (for at most SHUTDOWN_TIMEOUT_SEC) before it exits."""
-    pin_to_one_cpu(cfg, index)  # before waitress starts its threads
+    pin_to_one_cpu(cfg, cpu_slot)  # before waitress starts its threads
     server = waitress.server.create_server(wsgi, sockets=[sock], threads=cfg.api_threads, ident="gotrue",
                                            max_request_body_size=2 * MAX_BODY, clear_untrusted_proxy_headers=True)
     server.channel_class = JSONErrorChannel
@@ -3770,6 +3785,7 @@ def supervise(cfg, sock):
     hands each connection to one of them); this process only watches: a worker that dies is
     replaced, SIGTERM/SIGINT stop them all, SIGHUP reopens every log."""
     workers, stopping = {}, []  # pid -> index (a replacement takes the dead worker's CPU)
+    first_cpu = current_cpu_slot()
 
     def spawn(index):
         # a signal between fork and run_worker's handlers would run this process's handler in the
@@ -3781,7 +3797,7 @@ def supervise(cfg, sock):
         else:
             A.request_prefix = secrets.token_hex(6)
             try:
-                run_worker(cfg, sock, index)
+                run_worker(cfg, sock, first_cpu + index)
             finally:
                 os._exit(0)
         workers[pid] = index

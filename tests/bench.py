@@ -188,10 +188,14 @@ def floor_app(port, threads, workers, pinned=False):
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
 
+    sys.path.insert(0, ROOT)
+    import gotrue
+    first = gotrue.current_cpu_slot()
+
     def run(index):
-        allowed = sorted(os.sched_getaffinity(0))
-        if pinned and len(allowed) > 1:
-            os.sched_setaffinity(0, {allowed[-1 - index % len(allowed)]})
+        allowed = gotrue.allowed_cpus()
+        if pinned and len(allowed) > 1:  # as gotrue.pin_to_one_cpu places its workers
+            os.sched_setaffinity(0, {allowed[(first + index) % len(allowed)]})
         waitress.server.create_server(app, sockets=[sock], threads=threads, ident="floor").run()
     if workers <= 1:
         run(0)

@@ -750,13 +750,13 @@ def test_a_single_process_keeps_every_thread_on_one_cpu(make_server, engine):
     srv = make_server(engine)
     assert srv.get("/settings").status_code == 200
     assert len(thread_cpus(srv.proc.pid)) > 8  # waitress's 16 threads (base_env), the loop, the log writer
-    assert home_cpu(srv.proc.pid) == CPUS[-1]
+    home = home_cpu(srv.proc.pid)
     # logins still work (bcrypt runs on every CPU meanwhile, and comes back)
     user = srv.confirmed_user()
     assert srv.login(user["email"])["access_token"]
     assert srv.post("/token", data={"grant_type": "password", "username": user["email"],
                                     "password": "wrong"}).status_code == 400
-    assert home_cpu(srv.proc.pid) == CPUS[-1]
+    assert home_cpu(srv.proc.pid) == home
 
 
 @needs_two_cpus
@@ -766,7 +766,7 @@ def test_workers_are_spread_over_cpus_and_a_replacement_takes_the_dead_ones(make
     for pid in workers:
         wait_until(lambda pid=pid: len(thread_cpus(pid)) > 8, "the worker's threads")
     placed = {pid: home_cpu(pid) for pid in workers}
-    assert sorted(placed.values()) == sorted(CPUS[-2:])
+    assert len(set(placed.values())) == 2  # one CPU each, not the same one
     victim = workers[0]
     os.kill(victim, signal.SIGKILL)
     new = wait_until(lambda: [p for p in children(srv.proc.pid) if p not in workers], "a replacement")[0]
