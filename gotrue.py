@@ -539,21 +539,25 @@ def pin_to_one_cpu(cfg, slot):
     if not cfg.api_cpu_pinning or len(allowed) < 2:
         return
     home = {allowed[slot % len(allowed)]}
-    os.sched_setaffinity(0, home)
-    PLACEMENT = (home, set(allowed))
+    with contextlib.suppress(OSError):  # a CPU set that changed meanwhile: stay where we are
+        os.sched_setaffinity(0, home)
+        PLACEMENT = (home, set(allowed))
 
 
 @contextlib.contextmanager
 def on_every_cpu():
-    """The calling thread may run on any allowed CPU meanwhile (Linux sets affinity per thread)."""
+    """The calling thread may run on any allowed CPU meanwhile (Linux sets affinity per thread).
+    Placement only ever costs speed: a CPU set changed under us (a cgroup) is not an error."""
     if PLACEMENT is None:
         yield
         return
-    os.sched_setaffinity(0, PLACEMENT[1])
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, PLACEMENT[1])
     try:
         yield
     finally:
-        os.sched_setaffinity(0, PLACEMENT[0])
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, PLACEMENT[0])
 
 
 # ============================================================================================
