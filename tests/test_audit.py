@@ -216,3 +216,20 @@ def test_audit_requires_an_admin(server):
     check_error(server.get("/admin/audit", token=server.login(user["email"])["access_token"]), 401, "User not allowed")
     check_error(server.get("/admin/audit"), 401, "This endpoint requires a Bearer token")
     check_error(server.get("/admin/audit", headers=bearer("x.y.z")), 401, "Invalid token: *")
+
+
+def test_entry_ids_are_time_ordered_uuids(server):
+    """Audit ids are version 7 UUIDs (time first): InnoDB stores a table in primary-key order,
+    and random ids scattered every insert of a growing log over the whole table."""
+    admin = new_admin(server)
+    before = int(gotrue.time.time() * 1000)
+    for role in ("a", "b", "c"):
+        u = create_user(server, admin.token)
+        assert server.put(f"/admin/users/{u['id']}", token=admin.token, json={"role": role}).status_code == 200
+    entries = [e for e in audit(server, admin.token, query=f"author:{admin.email}").json()
+               if e["payload"]["action"] != "login"]
+    ids = [uuid.UUID(e["id"]) for e in entries]
+    assert len(ids) == 6 and all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    millis = [int.from_bytes(i.bytes[:6], "big") for i in ids]
+    assert all(before - 1000 <= m <= int(gotrue.time.time() * 1000) + 1000 for m in millis), (before, millis)
+    assert len(set(ids)) == 6
