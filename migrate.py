@@ -27,19 +27,19 @@ class MigrationError(Exception):
 def read_schema(driver):
     """[(versions, description, [statements])] in file order. A section with a line
     `-- only: DRIVER` has no statements on the other driver (its versions are recorded all the same)."""
-    sections = []
+    sections = []  # [versions, description, lines, the one driver it is for or None]
     for line in open(SCHEMA, encoding="utf-8"):
         header = re.match(r"-- migration: ([\d ]+?) (\D.*)$", line.rstrip())
         only = re.match(r"-- only: (\w+)$", line.rstrip())
         if header:
-            sections.append((header.group(1).split(), header.group(2), [], [driver]))
+            sections.append([header.group(1).split(), header.group(2), [], None])
         elif sections and only:
-            sections[-1][3][0] = only.group(1)
+            sections[-1][3] = only.group(1)
         elif sections and not line.startswith("--"):
             sections[-1][2].append(line)
     result = []
-    for versions, description, lines, (section_driver,) in sections:
-        sql = "".join(lines) if section_driver == driver else ""
+    for versions, description, lines, only in sections:
+        sql = "".join(lines) if only in (None, driver) else ""
         if driver == "sqlite":  # SQLite's row id is its auto-increment
             sql = sql.replace("bigint NOT NULL AUTO_INCREMENT", "INTEGER NOT NULL")
         result.append((versions, description, [s.strip() for s in sql.split(";") if s.strip()]))

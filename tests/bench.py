@@ -189,13 +189,13 @@ def floor_app(port, threads, workers, pinned=False):
     sock.listen(1024)
 
     sys.path.insert(0, ROOT)
+    import types
+
     import gotrue
-    first = gotrue.current_cpu_slot()
+    first, placement = gotrue.current_cpu_slot(), types.SimpleNamespace(api_cpu_pinning=pinned)
 
     def run(index):
-        allowed = gotrue.allowed_cpus()
-        if pinned and len(allowed) > 1:  # as gotrue.pin_to_one_cpu places its workers
-            os.sched_setaffinity(0, {allowed[(first + index) % len(allowed)]})
+        gotrue.pin_to_one_cpu(placement, first + index)  # as gotrue.py places its workers
         waitress.server.create_server(app, sockets=[sock], threads=threads, ident="floor").run()
     if workers <= 1:
         run(0)
@@ -653,23 +653,18 @@ def run_engine(bench, engine, db_env, db_pid):
         bench.note(f"{engine}: gotrue.py up ({len(site.tree)} process(es)), measuring")
         rows = out["rows"]
         rss_idle = site.rss()
-        wanted = lambda mode: not a.only or mode in a.only
-        if wanted("settings"):
-            rows["GET /settings"] = bench.paired(url, "settings", "GET /settings")
-        if wanted("user"):
-            rows["GET /user"] = bench.paired(url, "user", "GET /user", BENCH_DATA=tokens_file)
-        if wanted("refresh"):
-            rows["refresh grant"] = bench.paired(url, "refresh", "refresh grant",
-                                                 fresh=lambda: {"BENCH_DATA": site.refresh_tokens(seeded)})
-        if wanted("put"):
-            rows["PUT /user (metadata)"] = bench.paired(url, "put", "PUT /user", BENCH_DATA=tokens_file)
-        if wanted("password"):
-            rows["password grant"] = bench.paired(url, "password", "password grant", floor="bcrypt",
-                                                  BENCH_DATA=emails_file)
-        if wanted("signup"):
-            rows["signup (autoconfirm)"] = bench.paired(url, "signup", "signup", floor="bcrypt")
-        if a.big and wanted("admin"):
-            rows["admin page 1"] = bench.paired(url, "admin", "admin page 1", BENCH_ADMIN=admin)
+        endpoints = [  # (wrk mode, row, run name, options of `paired`)
+            ("settings", "GET /settings", "GET /settings", {}),
+            ("user", "GET /user", "GET /user", {"BENCH_DATA": tokens_file}),
+            ("refresh", "refresh grant", "refresh grant",
+             {"fresh": lambda: {"BENCH_DATA": site.refresh_tokens(seeded)}}),
+            ("put", "PUT /user (metadata)", "PUT /user", {"BENCH_DATA": tokens_file}),
+            ("password", "password grant", "password grant", {"floor": "bcrypt", "BENCH_DATA": emails_file}),
+            ("signup", "signup (autoconfirm)", "signup", {"floor": "bcrypt"}),
+            *([("admin", "admin page 1", "admin page 1", {"BENCH_ADMIN": admin})] if a.big else [])]
+        for mode, row, name, options in endpoints:
+            if not a.only or mode in a.only:
+                rows[row] = bench.paired(url, mode, name, **options)
         for r in rows.values():
             r["engine"] = engine
         out["rss"].append(("idle after start", 0) + rss_idle)
@@ -689,7 +684,7 @@ def run_engine(bench, engine, db_env, db_pid):
                            f"(mix at {r['rps']:.0f} req/s, non-2xx {r['non2xx']})")
         site.stop()
 
-        if a.scaling:
+        if a.scaling and "GET /user" in rows:
             other = 2 if a.workers == 1 else 1
             server = site.start(other)
             bench.note(f"{engine}: GOTRUE_API_WORKERS={other} ({len(site.tree)} process(es))")

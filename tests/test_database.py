@@ -97,6 +97,6 @@ def test_sqlite_log_is_checkpointed_in_the_background_and_starts_over(make_serve
     assert max(sizes) < 2 * gotrue.CHECKPOINT_FRAMES * page, sizes
     conn = sqlite3.connect(server.env["DATABASE_URL"])
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
     user = server.get("/user", token=token).json()
     assert user["user_metadata"] == {"round": 3, "i": gotrue.CHECKPOINT_EVERY - 1}
-    conn.close()

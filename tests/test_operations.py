@@ -716,8 +716,6 @@ def test_sighup_reopens_the_log_file(make_server, tmp_path, workers):
                "the rotated file to be closed by every process")
 
 
-
-
 # --- CPU placement (GOTRUE_API_CPU_PINNING) -------------------------------------------------
 
 CPUS = sorted(os.sched_getaffinity(0))
