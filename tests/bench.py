@@ -12,8 +12,11 @@ constant JSON body, and raw bcrypt.checkpw at cost 10 on as many threads. It pri
 p99 and non-2xx of each endpoint, each rate as a ratio to its floor with PASS/FAIL against the
 targets of issue 13; the server's memory (VmRSS) once 20k requests were served and after 20k
 more (a mix of GET /settings, GET /user, PUT /user and refresh grants, counted by the Lua
-script); and GET /user with 1 and with 2 worker processes (GOTRUE_API_WORKERS). `--big` adds
-99,000 users by SQL and measures GET /user, the password grant and admin page 1 again. Each run
+script); and GET /user with 1 and with 2 worker processes (GOTRUE_API_WORKERS), with the ceiling
+the machine's CPUs put on that ratio. The password grant and signup are measured as the bcrypt
+floor is, in one run whose warm-up is not counted (SLOW_MODES). `--big` measures GET /user, the
+password grant and admin page 1 on a fresh server, adds 99,000 users by SQL, waits for the
+machine to be quiet, and measures them again on a fresh server. Each run
 also records the CPU that the server, the database, wrk and everything else on the machine used,
 so a noisy neighbour shows in the table instead of hiding in a ratio. `--py-spy DIR` profiles the
 server during each measured run.
