@@ -657,7 +657,7 @@ def parsed_field_packet(data, encoding):
 pymysql.connections.FieldDescriptorPacket = parsed_field_packet  # the name PyMySQL reads it by
 
 
-CHECKPOINT_EVERY = 64  # SQLite commits between two checkpoints (a refresh writes ~15 frames)
+CHECKPOINT_EVERY = 64  # SQLite commits between two checkpoints (a refresh writes ~9 frames)
 CHECKPOINT_FRAMES = 1000  # SQLite's own default; its backstop is set to four times that
 
 

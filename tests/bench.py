@@ -134,30 +134,20 @@ def machine_busy():
     return (user + nice + system + steal) / CLK, (irq + softirq) / CLK
 
 
-def wait_idle(pids, timeout=30.0):
-    """Wait until these processes stop using CPU: a run's leftovers (requests still queued when
-    wrk stopped, a bcrypt queue especially) must not eat into the next run's window. False
-    when they were still busy at the timeout."""
-    end, last = time.monotonic() + timeout, cpu_seconds(pids)
+def wait_idle(pids=None, timeout=30.0, under=0.1):
+    """Wait until these processes use under `under` of one CPU (over 0.2 s): a run's leftovers
+    (requests still queued when wrk stopped, a bcrypt queue especially) must not eat into the
+    next run's window. pids None: the whole machine, which after a bulk seeding goes on writing
+    it out for a while (the database and the kernel), and that is not the server's speed. False
+    when still busy at the timeout."""
+    used = (lambda: cpu_seconds(pids)) if pids is not None else (lambda: sum(machine_busy()))
+    end, last = time.monotonic() + timeout, used()
     while time.monotonic() < end:
-        time.sleep(0.1)
-        now = cpu_seconds(pids)
-        if now - last < 0.01:  # under 10% of one CPU
+        time.sleep(0.2)
+        now = used()
+        if now - last < 0.2 * under:
             return True
         last = now
-    return False
-
-
-def wait_quiet(timeout=60.0):
-    """Wait until the whole machine is nearly idle (under 15 % of one CPU over half a second):
-    after a bulk seeding the database and the kernel go on writing it out for a while, which
-    is not the server's speed. False when it was still busy at the timeout."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        before = sum(machine_busy())
-        time.sleep(0.5)
-        if sum(machine_busy()) - before < 0.075:
-            return True
     return False
 
 
@@ -734,9 +724,9 @@ def big_comparison(bench, site, rows, admin, files):
     Returns {row: (1k result, 100k result)}."""
     a = bench.args
 
-    def measure_all(label, files):
+    def measure_all(label, data):
         server = site.start(a.workers)
-        runs = [("user", "GET /user", {"BENCH_DATA": files[0]}), ("password", "password grant", {"BENCH_DATA": files[1]}),
+        runs = [("user", "GET /user", {"BENCH_DATA": data[0]}), ("password", "password grant", {"BENCH_DATA": data[1]}),
                 ("admin", "admin page 1", {"BENCH_ADMIN": admin})]
         got = {row: bench.measure(server.url, mode, f"{row}, {label}", **env) for mode, row, env in runs if row in rows}
         site.stop()
@@ -746,7 +736,7 @@ def big_comparison(bench, site, rows, admin, files):
     t0 = time.monotonic()
     site.seed(a.users, a.big_users - a.users)
     bench.note(f"  seeded in {time.monotonic() - t0:.0f} s")
-    if not wait_quiet():
+    if not wait_idle(timeout=60, under=0.15):
         bench.note("  (the machine was still busy 60 s after seeding)")
     spread = site.sample(a.users)
     big = measure_all(f"{a.big_users:,} users", (site.write(site.access_tokens(spread)),
