@@ -14,7 +14,8 @@ targets of issue 13; the server's memory (VmRSS) once 20k requests were served a
 more (a mix of GET /settings, GET /user, PUT /user and refresh grants, counted by the Lua
 script); and GET /user with 1 and with 2 worker processes (GOTRUE_API_WORKERS), with the ceiling
 the machine's CPUs put on that ratio. The password grant and signup are measured as the bcrypt
-floor is, in one run whose warm-up is not counted (SLOW_MODES). `--big` measures GET /user, the
+floor is, in one run whose warm-up is not counted (SLOW_MODES), between two runs of that floor
+whose mean counts (the machine's speed drifts by more than their 5 % margin). `--big` measures GET /user, the
 password grant and admin page 1 on a fresh server, adds 99,000 users by SQL, waits for the
 machine to be quiet, and measures them again on a fresh server. Each run
 also records the CPU that the server, the database, wrk and everything else on the machine used,
@@ -277,6 +278,16 @@ class Result(dict):
     CPU used meanwhile: server/db in ms per answer, wrk and the rest of the machine in % of it."""
 
 
+def bracketed(before, after):
+    """A floor measured before and after its endpoint: their mean, and the worse load."""
+    mean = Result(before)
+    for key in ("rps", "server_cpu_ms"):
+        mean[key] = (before[key] + after[key]) / 2
+    mean["other_cpu_pct"] = max(before["other_cpu_pct"], after["other_cpu_pct"])
+    mean["rps_before"], mean["rps_after"] = before["rps"], after["rps"]
+    return mean
+
+
 class Bench:
     def __init__(self, args, workdir):
         self.args, self.workdir = args, workdir
@@ -438,14 +449,17 @@ class Bench:
 
     def paired(self, url, mode, name, floor="framework", **kw):
         """An endpoint and, just before it, its floor (the framework's, or bcrypt's): the
-        ratio's two figures are taken seconds apart. A pair during which other processes on
-        the machine used more than BUSY_PCT of a CPU is measured again (at most PAIR_TRIES
-        times in all); the quietest pair counts."""
+        ratio's two figures are taken seconds apart. bcrypt's floor is measured after the
+        endpoint too, and the pair's floor is the mean of the two: the machine's speed drifts
+        (that floor moved by 7 % within a minute) by more than the 5 % that target leaves. A
+        pair during which other processes on the machine used more than BUSY_PCT of a CPU is
+        measured again (at most PAIR_TRIES times in all); the quietest pair counts."""
         best = None
         for attempt in range(1, PAIR_TRIES + 1):
-            f = self.floor_run(f"framework floor (before {name})") if floor == "framework" \
-                else self.bcrypt_floor(self.args.threads * self.args.workers)
+            f = self.floor_once(floor, name)
             r = self.measure(url, mode, name, **kw)
+            if floor == "bcrypt":
+                f = bracketed(f, self.floor_once(floor, name))
             r["floor"], r["attempts"] = f, attempt
             noise = max(f["other_cpu_pct"], r["other_cpu_pct"])
             if best is None or noise < best[0]:
@@ -454,6 +468,16 @@ class Bench:
                 break
             self.note(f"  (other load {noise:.0f}% during that pair: measuring it again)")
         return best[1]
+
+    def floor_once(self, floor, name):
+        """One run of a floor, once the server has finished the requests of its last run (a
+        queue of bcrypts especially would otherwise run inside the floor's)."""
+        server = self.watch.get("server")
+        if server and not wait_idle(server()):
+            self.note("  (the server was still busy with the previous run's requests after 30 s)")
+        if floor == "framework":
+            return self.floor_run(f"framework floor (before {name})")
+        return self.bcrypt_floor(self.args.threads * self.args.workers)
 
     def stop_floors(self):
         while self.floor_stops:
@@ -806,7 +830,8 @@ def report(args, floors, engines, started, load):
               f"{r['p99_ms']:.1f} | {r['non2xx']} | {kind} {floor['rps']:.{0 if floor['rps'] >= 100 else 1}f} | {ratio:.2f} | {target} | {result} | "
               f"{cpu_ratio:.2f} | {pinned} |")
     p("")
-    p("floor: the floor's req/s (checks/s for bcrypt) measured just before that endpoint; a pair measured while "
+    p("floor: the floor's req/s measured just before that endpoint (bcrypt's checks/s: the mean of a run before "
+      "and one after it); a pair measured while "
       f"other processes used more than {BUSY_PCT}% of a CPU was measured again, up to {PAIR_TRIES} times, and the "
       "quietest pair counts (the first two rows above are the first floor runs). "
       "ratio: 2xx answers a second over the floor's (the verdict). CPU ratio: the floor's CPU time per answer over "
