@@ -127,12 +127,14 @@ def rss_mb(pid):
 
 
 def machine_busy():
-    """(CPU seconds the whole machine spent busy in processes, in interrupts), all CPUs, from
-    /proc/stat. Interrupt time (mostly softirq: loopback TCP) is charged to no process."""
+    """(CPU seconds the whole machine spent busy in processes or stolen, in interrupts, stolen),
+    all CPUs, from /proc/stat. Interrupt time (mostly softirq: loopback TCP) is charged to no
+    process; stolen time is the hypervisor running other guests on our CPUs (on this VM, most of
+    the "other load" that disturbs a run)."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]] + [0] * 8
     user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
-    return (user + nice + system + steal) / CLK, (irq + softirq) / CLK
+    return (user + nice + system + steal) / CLK, (irq + softirq) / CLK, steal / CLK
 
 
 def wait_idle(pids=None, timeout=30.0, under=0.1):
@@ -141,7 +143,7 @@ def wait_idle(pids=None, timeout=30.0, under=0.1):
     next run's window. pids None: the whole machine, which after a bulk seeding goes on writing
     it out for a while (the database and the kernel), and that is not the server's speed. False
     when still busy at the timeout."""
-    used = (lambda: cpu_seconds(pids)) if pids is not None else (lambda: sum(machine_busy()))
+    used = (lambda: cpu_seconds(pids)) if pids is not None else (lambda: sum(machine_busy()[:2]))
     end, last = time.monotonic() + timeout, used()
     while time.monotonic() < end:
         time.sleep(0.2)
@@ -278,12 +280,20 @@ class Result(dict):
     CPU used meanwhile: server/db in ms per answer, wrk and the rest of the machine in % of it."""
 
 
+def disturbance(r):
+    """How much of a CPU a run lost to others: other processes and interrupts charged to none
+    of ours, or the hypervisor's stolen time, which the kernel partly charges to whichever of
+    our processes was running (so it hides from "other")."""
+    return max(r["other_cpu_pct"], r.get("steal_cpu_pct", 0.0))
+
+
 def bracketed(before, after):
     """A floor measured before and after its endpoint: their mean, and the worse load."""
     mean = Result(before)
     for key in ("rps", "server_cpu_ms"):
         mean[key] = (before[key] + after[key]) / 2
-    mean["other_cpu_pct"] = max(before["other_cpu_pct"], after["other_cpu_pct"])
+    for key in ("other_cpu_pct", "steal_cpu_pct"):
+        mean[key] = max(before[key], after[key])
     mean["rps_before"], mean["rps_after"] = before["rps"], after["rps"]
     return mean
 
@@ -314,7 +324,7 @@ class Bench:
         if "server" in groups and not wait_idle(groups["server"]):
             self.note("  (the server was still busy with the previous run's requests after 30 s)")
         cpu0 = {name: cpu_seconds(p) for name, p in groups.items()}
-        (busy0, irq0), t0 = machine_busy(), time.monotonic()
+        (busy0, irq0, steal0), t0 = machine_busy(), time.monotonic()
         with open(os.path.join(self.workdir, f"wrk-{self.counter}.log"), "wb") as log:
             proc = subprocess.Popen(cmd, env=wenv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
@@ -331,8 +341,8 @@ class Bench:
             stop_pids([proc.pid], grace=2)
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
-        (busy, irq), wall = machine_busy(), time.monotonic() - t0
-        busy, irq = busy - busy0, irq - irq0
+        (busy, irq, steal), wall = machine_busy(), time.monotonic() - t0
+        busy, irq, steal = busy - busy0, irq - irq0, steal - steal0
         cpu = {name: cpu_seconds(p) - cpu0[name] for name, p in groups.items()}
         if proc.returncode != 0 or not os.path.exists(out):
             log = open(os.path.join(self.workdir, f"wrk-{self.counter}.log"), errors="replace").read()
@@ -350,7 +360,7 @@ class Bench:
         r = Result(rps=ok / secs, p50_ms=w["latency_us"]["p50"] / 1000, p99_ms=w["latency_us"]["p99"] / 1000,
                    non2xx=errors, requests=w["requests"], seconds=secs, pool_exhausted=w["pool_exhausted"],
                    wrk_cpu_pct=100 * wrk_cpu / wall, other_cpu_pct=max(0.0, 100 * (busy - ours) / wall),
-                   irq_cpu_pct=100 * irq / wall)
+                   irq_cpu_pct=100 * irq / wall, steal_cpu_pct=100 * steal / wall)
         for name, seconds_used in cpu.items():
             r[f"{name}_cpu_ms"] = 1000 * seconds_used / max(1, w["requests"])
             r[f"{name}_cpu_pct"] = 100 * seconds_used / wall
@@ -378,7 +388,7 @@ class Bench:
                     stop_pids([spy.pid], grace=2)
         self.requests_served += r["requests"]
         self.note(f"  {name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"non-2xx {r['non2xx']}, other load {r['other_cpu_pct']:.0f}%")
+                  f"non-2xx {r['non2xx']}, other load {r['other_cpu_pct']:.0f}% (stolen {r['steal_cpu_pct']:.0f}%)")
         return r
 
     requests_served = 0
@@ -452,22 +462,34 @@ class Bench:
         ratio's two figures are taken seconds apart. bcrypt's floor is measured after the
         endpoint too, and the pair's floor is the mean of the two: the machine's speed drifts
         (that floor moved by 7 % within a minute) by more than the 5 % that target leaves. A
-        pair during which other processes on the machine used more than BUSY_PCT of a CPU is
-        measured again (at most PAIR_TRIES times in all); the quietest pair counts."""
-        best = None
-        for attempt in range(1, PAIR_TRIES + 1):
+        disturbed pair is measured again (see `quietest`)."""
+        def pair():
             f = self.floor_once(floor, name)
             r = self.measure(url, mode, name, **kw)
-            if floor == "bcrypt":
-                f = bracketed(f, self.floor_once(floor, name))
-            r["floor"], r["attempts"] = f, attempt
-            noise = max(f["other_cpu_pct"], r["other_cpu_pct"])
+            r["floor"] = bracketed(f, self.floor_once(floor, name)) if floor == "bcrypt" else f
+            return r, max(disturbance(r["floor"]), disturbance(r))
+        return self.quietest(pair)
+
+    def quietest(self, run):
+        """run() -> (result, disturbance): run again while others took more than BUSY_PCT of a
+        CPU meanwhile (see `disturbance`), at most PAIR_TRIES times in all; the quietest counts."""
+        best = None
+        for attempt in range(1, PAIR_TRIES + 1):
+            r, noise = run()
+            r["attempts"] = attempt
             if best is None or noise < best[0]:
                 best = (noise, r)
             if noise <= BUSY_PCT:
                 break
-            self.note(f"  (other load {noise:.0f}% during that pair: measuring it again)")
+            self.note(f"  (other load or steal {noise:.0f}% during that run: measuring it again)")
         return best[1]
+
+    def quiet_measure(self, url, mode, name, **env):
+        """One endpoint without a floor, run again while disturbed (see `quietest`)."""
+        def run():
+            r = self.measure(url, mode, name, **env)
+            return r, disturbance(r)
+        return self.quietest(run)
 
     def floor_once(self, floor, name):
         """One run of a floor, once the server has finished the requests of its last run (a
@@ -487,7 +509,7 @@ class Bench:
 
     def bcrypt_floor(self, threads):
         a = self.args
-        (busy0, irq0), t0 = machine_busy(), time.monotonic()
+        (busy0, irq0, steal0), t0 = machine_busy(), time.monotonic()
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_bcrypt", str(threads), str(a.warmup),
                                  str(a.duration)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         try:
@@ -500,14 +522,15 @@ class Bench:
         proc.stdout.close()
         if proc.returncode != 0:
             raise RuntimeError(f"the bcrypt floor failed ({proc.returncode}): {out}")
-        (busy, irq), wall = machine_busy(), time.monotonic() - t0
-        busy, irq = busy - busy0, irq - irq0
+        (busy, irq, steal), wall = machine_busy(), time.monotonic() - t0
+        busy, irq, steal = busy - busy0, irq - irq0, steal - steal0
         own = usage.ru_utime + usage.ru_stime
         r = Result(json.loads(out), non2xx=0, server_cpu_pct=100 * own / wall, wrk_cpu_pct=0.0,
-                   other_cpu_pct=max(0.0, 100 * (busy - own) / wall), irq_cpu_pct=100 * irq / wall)
+                   other_cpu_pct=max(0.0, 100 * (busy - own) / wall), irq_cpu_pct=100 * irq / wall,
+                   steal_cpu_pct=100 * steal / wall)
         r["server_cpu_ms"] = 1000 * own / max(1, r.pop("checks_all"))
         self.note(f"  bcrypt floor: {r['rps']:.1f} checks/s, p50 {r['p50_ms']:.0f} ms on {threads} threads, "
-                  f"{r['server_cpu_pct']:.0f}% CPU, other load {r['other_cpu_pct']:.0f}%")
+                  f"{r['server_cpu_pct']:.0f}% CPU, other load {r['other_cpu_pct']:.0f}% (stolen {r['steal_cpu_pct']:.0f}%)")
         return r
 
 
@@ -723,16 +746,22 @@ def run_engine(bench, engine, db_env, db_pid):
                 out[f"mix{step}"] = r
                 bench.note(f"  RSS after {bench.requests_served:,} requests: {out['rss'][-1][2]:.1f} MB "
                            f"(mix at {r['rps']:.0f} req/s, non-2xx {r['non2xx']})")
+        if a.scaling and "GET /user" in rows:
+            # both worker counts measured back to back, each run again while disturbed: taken from
+            # the main table, the one-worker figure was minutes older than the other
+            out["scaling"][a.workers] = bench.quiet_measure(url, "user", f"GET /user, {a.workers} worker(s)",
+                                                            BENCH_DATA=tokens_file)
+            out["scaling"][a.workers]["processes"] = len(site.tree)
         site.stop()
 
         if a.scaling and "GET /user" in rows:
             other = 2 if a.workers == 1 else 1
             server = site.start(other)
             bench.note(f"{engine}: GOTRUE_API_WORKERS={other} ({len(site.tree)} process(es))")
-            r = bench.measure(server.url, "user", f"GET /user, {other} worker(s)", BENCH_DATA=tokens_file)
-            r["processes"] = len(site.tree)
+            out["scaling"][other] = bench.quiet_measure(server.url, "user", f"GET /user, {other} worker(s)",
+                                                        BENCH_DATA=tokens_file)
+            out["scaling"][other]["processes"] = len(site.tree)
             site.stop()
-            out["scaling"] = {a.workers: rows["GET /user"], other: r}
 
         if a.big:
             out["big"] = big_comparison(bench, site, rows, admin, (tokens_file, emails_file))
@@ -832,11 +861,11 @@ def report(args, floors, engines, started, load):
     p("")
     p("floor: the floor's req/s measured just before that endpoint (bcrypt's checks/s: the mean of a run before "
       "and one after it); a pair measured while "
-      f"other processes used more than {BUSY_PCT}% of a CPU was measured again, up to {PAIR_TRIES} times, and the "
+      f"other load or the hypervisor took more than {BUSY_PCT}% of a CPU was measured again, up to {PAIR_TRIES} times, and the "
       "quietest pair counts (the first two rows above are the first floor runs). "
       "ratio: 2xx answers a second over the floor's (the verdict). CPU ratio: the floor's CPU time per answer over "
-      "the gotrue.py processes' own (the database's excluded): a cross-check that other load on the machine "
-      "disturbs less." + (" pinned-floor ratio (informative, no verdict): req/s over the same bare app with its "
+      "the gotrue.py processes' own (the database's excluded): a cross-check that other processes disturb less "
+      "(stolen time is partly charged to both)." + (" pinned-floor ratio (informative, no verdict): req/s over the same bare app with its "
       "threads on one CPU as gotrue.py's are (GOTRUE_API_CPU_PINNING), measured once at the start: what the "
       "code costs over the framework when both are placed alike." if pf else ""))
     p("")
@@ -911,21 +940,23 @@ def report(args, floors, engines, started, load):
 
     p("")
     p(f"Where the CPU went during each measured run (server and db: CPU ms per request and % of one CPU; wrk, "
-      f"interrupts (loopback TCP) and other processes on the machine: % of one CPU, of {NCPU * 100} %):")
+      f"interrupts (loopback TCP) and other load on the machine: % of one CPU, of {NCPU * 100} %; of that other "
+      f"load, 'stolen' is the hypervisor's, running other guests on this VM's CPUs):")
     p("")
-    p("| engine | run | server ms/req | server % | db ms/req | db % | wrk % | softirq % | other % |")
-    p("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    p("| engine | run | server ms/req | server % | db ms/req | db % | wrk % | softirq % | other % | stolen % |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     diag = [("-", "framework floor", fw), ("-", "bcrypt floor", bc)]
     for e in engines:
         diag += [(e["engine"], name, r) for name, r in e["rows"].items()]
         diag += [(e["engine"], f"mixed requests #{i}", e[f"mix{i}"]) for i in (1, 2) if f"mix{i}" in e]
-        diag += [(e["engine"], f"GET /user, {w} worker(s)", r) for w, r in e["scaling"].items() if w != args.workers]
+        diag += [(e["engine"], f"GET /user, {w} worker(s)", r) for w, r in sorted(e["scaling"].items())]
         diag += [(e["engine"], f"{name}, {n // 1000}k users", r) for name, pair in e["big"].items()
                  for n, r in zip((args.users, args.big_users), pair)]
     for engine, name, r in diag:
         db = (f"{r['db_cpu_ms']:.2f} | {r['db_cpu_pct']:.0f}" if "db_cpu_ms" in r else "- | -")
         p(f"| {engine} | {name} | {r.get('server_cpu_ms', 0):.2f} | {r.get('server_cpu_pct', 0):.0f} | {db} | "
-          f"{r.get('wrk_cpu_pct', 0):.0f} | {r.get('irq_cpu_pct', 0):.0f} | {r['other_cpu_pct']:.0f} |")
+          f"{r.get('wrk_cpu_pct', 0):.0f} | {r.get('irq_cpu_pct', 0):.0f} | {r['other_cpu_pct']:.0f} | "
+          f"{r.get('steal_cpu_pct', 0):.0f} |")
     p("")
     for e in engines:
         runs = [(args.workers, e.get("processes"))] + [(w, r.get("processes")) for w, r in e["scaling"].items()
@@ -934,11 +965,11 @@ def report(args, floors, engines, started, load):
             if seen is not None and seen < wanted:
                 p(f"NOTE: {e['engine']}: GOTRUE_API_WORKERS={wanted} but the server ran {seen} process(es): "
                   f"the setting is not honoured by this gotrue.py.")
-    others = sorted(r["other_cpu_pct"] for _, _, r in diag)
+    others = sorted(disturbance(r) for _, _, r in diag)
     median = others[len(others) // 2]
     if median > 20:
-        p(f"NOTE: other processes on this machine used a median {median:.0f} % CPU (of {NCPU * 100} %) during the "
-          f"runs: the req/s ratios are disturbed by it (the CPU ratios less); rerun on a quiet machine to trust them.")
+        p(f"NOTE: other load and the hypervisor took a median {median:.0f} % CPU (of {NCPU * 100} %) during the "
+          f"runs: the req/s ratios are disturbed by it; rerun on a quiet machine to trust them.")
     p(f"{sum(checks)} of {len(checks)} targets met; {time.monotonic() - started:.0f} s in all.")
     return "\n".join(lines)
 
