@@ -921,8 +921,9 @@ def report(args, floors, engines, started, load):
         p("")
         p("machine's ceiling (informative): what more workers could give over the 1-worker run at its CPU per "
           "request: the machine's CPUs over what that run used of them (server, database, wrk, interrupts, other "
-          "load), which the workers share with the database and wrk. A worker placed on one CPU keeps its cost "
-          "per request; the unplaced floor's cost changes with its process count, so its ceiling is no bound.")
+          "load), which the workers share with the database and wrk. An upper bound: a second worker's requests "
+          "cost more CPU (it shares its CPU with wrk, the interrupts and the database; see the CPU table), and the "
+          "unplaced floor's cost changes with its process count, so its ceiling is no bound.")
 
     if args.big:
         p("")
