@@ -943,8 +943,9 @@ def report(args, floors, engines, started, load):
 
     p("")
     p(f"Where the CPU went during each measured run (server and db: CPU ms per request and % of one CPU; wrk, "
-      f"interrupts (loopback TCP) and other load on the machine: % of one CPU, of {NCPU * 100} %; of that other "
-      f"load, 'stolen' is the hypervisor's, running other guests on this VM's CPUs):")
+      f"interrupts (loopback TCP) and other load on the machine: % of one CPU, of {NCPU * 100} %; 'stolen': the "
+      f"time the hypervisor ran other guests on this VM's CPUs meanwhile, partly in 'other' and partly charged "
+      f"to whichever process was running):")
     p("")
     p("| engine | run | server ms/req | server % | db ms/req | db % | wrk % | softirq % | other % | stolen % |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
