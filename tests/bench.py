@@ -321,9 +321,8 @@ class Bench:
                     BENCH_NONCE=uuid.uuid4().hex[:8], **{k: str(v) for k, v in env.items()})
         cmd = ["wrk", f"-t{a.wrk_threads}", f"-c{a.connections}", f"-d{int(limit or seconds)}s",
                "--timeout", "10s", "-s", LUA, url]
+        self.settle()
         groups = {name: pids() for name, pids in self.watch.items()}
-        if "server" in groups and not wait_idle(groups["server"]):
-            self.note("  (the server was still busy with the previous run's requests after 30 s)")
         cpu0 = {name: cpu_seconds(p) for name, p in groups.items()}
         (busy0, irq0, steal0), t0 = machine_busy(), time.monotonic()
         with open(os.path.join(self.workdir, f"wrk-{self.counter}.log"), "wb") as log:
@@ -492,12 +491,16 @@ class Bench:
             return r, disturbance(r)
         return self.quietest(run)
 
-    def floor_once(self, floor, name):
-        """One run of a floor, once the server has finished the requests of its last run (a
-        queue of bcrypts especially would otherwise run inside the floor's)."""
+    def settle(self):
+        """Wait for the watched server to finish the requests of its last run: leftovers (a queue
+        of bcrypts especially) must not run inside the next run, its own or a floor's."""
         server = self.watch.get("server")
         if server and not wait_idle(server()):
             self.note("  (the server was still busy with the previous run's requests after 30 s)")
+
+    def floor_once(self, floor, name):
+        """One run of a floor, once the server has settled."""
+        self.settle()
         if floor == "framework":
             return self.floor_run(f"framework floor (before {name})")
         return self.bcrypt_floor(self.args.threads * self.args.workers)
@@ -747,21 +750,21 @@ def run_engine(bench, engine, db_env, db_pid):
                 out[f"mix{step}"] = r
                 bench.note(f"  RSS after {bench.requests_served:,} requests: {out['rss'][-1][2]:.1f} MB "
                            f"(mix at {r['rps']:.0f} req/s, non-2xx {r['non2xx']})")
-        if a.scaling and "GET /user" in rows:
-            # both worker counts measured back to back, each run again while disturbed: taken from
-            # the main table, the one-worker figure was minutes older than the other
-            out["scaling"][a.workers] = bench.quiet_measure(url, "user", f"GET /user, {a.workers} worker(s)",
-                                                            BENCH_DATA=tokens_file)
-            out["scaling"][a.workers]["processes"] = len(site.tree)
+        scaling = a.scaling and "GET /user" in rows
+
+        def user_with(workers, url):
+            r = bench.quiet_measure(url, "user", f"GET /user, {workers} worker(s)", BENCH_DATA=tokens_file)
+            r["processes"] = len(site.tree)
+            return r
+        if scaling:  # both worker counts back to back: the main table's figure is minutes older
+            out["scaling"][a.workers] = user_with(a.workers, url)
         site.stop()
 
-        if a.scaling and "GET /user" in rows:
+        if scaling:
             other = 2 if a.workers == 1 else 1
             server = site.start(other)
             bench.note(f"{engine}: GOTRUE_API_WORKERS={other} ({len(site.tree)} process(es))")
-            out["scaling"][other] = bench.quiet_measure(server.url, "user", f"GET /user, {other} worker(s)",
-                                                        BENCH_DATA=tokens_file)
-            out["scaling"][other]["processes"] = len(site.tree)
+            out["scaling"][other] = user_with(other, server.url)
             site.stop()
 
         if a.big:
